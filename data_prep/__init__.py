@@ -1,0 +1,1 @@
+"""Dataset converters and split makers that write nnU-Net raw datasets for semisam."""

@@ -1,0 +1,89 @@
+"""Atomic file and folder writes: a reader never sees a half-written file.
+
+Everything is first written under a temporary name in the destination's own folder (so the final
+``os.replace`` is a rename on one file system) and renamed only once complete. On any exception the
+temporary is removed and the destination is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _tmp_sibling(path: Path, is_dir: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix="".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path; on success it is renamed to ``path``.
+
+    The temporary keeps ``path``'s suffixes, so writers that dispatch on the file ending (SimpleITK,
+    nnU-Net's image writers, numpy) work unchanged.
+    """
+    path = Path(path)
+    tmp = _tmp_sibling(path, is_dir=False)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` as a whole.
+
+    With ``overwrite=False`` an existing ``path`` is an error raised before anything is written.
+    """
+    from semisam.utils.errors import SemisamError
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SemisamError(f"{path} already exists; remove it or pass the overwrite option")
+    tmp = _tmp_sibling(path, is_dir=True)
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
+    path = Path(path)
+    with atomic_write_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
