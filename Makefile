@@ -37,7 +37,8 @@ demo: venv
 
 # The test command (README and .ci/run): the whole suite, slow end-to-end tests included.
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # Quick inner loop while developing: everything but the tests marked slow.
 test-fast: venv

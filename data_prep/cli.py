@@ -1,0 +1,132 @@
+"""``python -m data_prep <source> --out <dir> [options]``: write an nnU-Net raw dataset for semisam.
+
+Sources: ``synthetic``, ``nuclei``, ``radiomics``, ``split <raw_dir>``. Every source writes the whole
+dataset into a temporary folder, checks it (nnU-Net's verify_dataset_integrity plus semisam's rules; skip
+with ``--no-verify``) and renames it to ``--out`` at the end. Exit status: 0 on success, 2 on bad input,
+with ``error: <one line>`` on stderr and nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from semisam.utils.errors import SemisamError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line, like every other semisam error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise SemisamError(f"{message} (see: python -m {self.prog} --help)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to create, e.g. Dataset501_Nuclei")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip nnU-Net's verify_dataset_integrity (faster)")
+
+
+def _split_args(p: argparse.ArgumentParser, labeled_default: int | None) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labeled", type=int, default=None,
+                   help=f"number of labeled training cases (default {labeled_default})" if labeled_default
+                   else "number of labeled training cases")
+    g.add_argument("--ratio", type=float, default=None, help="fraction of labeled training cases, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the labeled draw (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="data_prep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="source", required=True, parser_class=_Parser, metavar="<source>")
+
+    p = sub.add_parser("synthetic", help="blobs on a smooth background, deterministic by seed (fast, for tests)")
+    _common(p)
+    p.add_argument("--dim", type=int, choices=(2, 3), default=2)
+    p.add_argument("--n-classes", type=int, default=1, help="foreground classes (1 = binary)")
+    p.add_argument("--n-train", type=int, default=8)
+    p.add_argument("--n-test", type=int, default=4)
+    p.add_argument("--labeled", type=int, default=2, help="number of labeled training cases (default 2)")
+    p.add_argument("--size", type=int, default=64, help="side length in pixels/voxels (default 64)")
+    p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--contrast", type=float, default=1.0)
+    p.add_argument("--shape-variability", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset-id", type=int, default=900)
+    p.add_argument("--name", default="Synthetic")
+
+    p = sub.add_parser("nuclei", help="DSB 2018 nuclei tiles from the stardist wheel (real 2D, binary)")
+    _common(p)
+    p.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
+    _split_args(p, 4)
+    p.add_argument("--n-test", type=int, default=16, help="number of held-out test tiles (default 16)")
+    p.add_argument("--test-seed", type=int, default=0, help="seed of the test-tile draw (default 0)")
+
+    from data_prep.radiomics import ALL_CASES, DEFAULT_TEST
+
+    p = sub.add_parser("radiomics", help="the 5 real 3D cases of the pyradiomics 3.0.1 sdist (MRI/CT lesions)")
+    _common(p)
+    p.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated (default {','.join(ALL_CASES)})")
+    p.add_argument("--test", default=",".join(DEFAULT_TEST),
+                   help=f"comma-separated test cases, may be empty (default {','.join(DEFAULT_TEST)})")
+    _split_args(p, 1)
+
+    p = sub.add_parser("split", help="choose the labeled subset of a fully labeled nnU-Net raw dataset")
+    p.add_argument("raw_dir", type=Path, help="source dataset folder (not modified)")
+    _common(p)
+    _split_args(p, None)
+    return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run the chosen source; returns the written dataset folder."""
+    if args.source == "synthetic":
+        from data_prep.synthetic import make_synthetic
+
+        return make_synthetic(args.out, dim=args.dim, n_classes=args.n_classes, n_train=args.n_train,
+                              n_test=args.n_test, n_labeled=args.labeled, size=args.size, noise=args.noise,
+                              contrast=args.contrast, shape_variability=args.shape_variability, seed=args.seed,
+                              dataset_id=args.dataset_id, name=args.name, overwrite=args.overwrite,
+                              verify=args.verify)
+    if args.source == "nuclei":
+        from data_prep.nuclei import make_nuclei
+
+        labeled = 4 if args.labeled is None and args.ratio is None else args.labeled
+        return make_nuclei(args.out, tile=args.tile, labeled=labeled, ratio=args.ratio, n_test=args.n_test,
+                           seed=args.seed, test_seed=args.test_seed, overwrite=args.overwrite, verify=args.verify)
+    if args.source == "radiomics":
+        from data_prep.radiomics import make_radiomics
+
+        labeled = 1 if args.labeled is None and args.ratio is None else args.labeled
+        return make_radiomics(args.out, cases=_names(args.cases), test=_names(args.test), labeled=labeled,
+                              ratio=args.ratio, seed=args.seed, overwrite=args.overwrite, verify=args.verify)
+    if args.source == "split":
+        from data_prep.split import split_dataset
+
+        if args.labeled is None and args.ratio is None:
+            raise SemisamError("split needs --labeled N or --ratio r")
+        return split_dataset(args.raw_dir, args.out, labeled=args.labeled, ratio=args.ratio, seed=args.seed,
+                             overwrite=args.overwrite, verify=args.verify)
+    raise AssertionError(args.source)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        out = run(args)
+    except SemisamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    from semisam.data import RawDataset
+
+    ds = RawDataset.open(out)
+    print(f"wrote {out}: {len(ds.labeled_cases())} labeled, {len(ds.unlabeled_cases())} unlabeled, "
+          f"{len(ds.test_cases())} test cases")
+    return 0

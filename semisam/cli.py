@@ -1,0 +1,116 @@
+"""The ``semisam`` command: a thin entry point (compose → validate → build → run).
+
+    semisam run [experiment=<name>] [key=value ...]     the semi-supervised loop from a recipe
+    semisam pseudolabel --images DIR --probs DIR ...    refine a trained nnU-Net's predictions with SAM
+    semisam evaluate --pred DIR --gt DIR ...            Dice / HD95 tables (monai.metrics)
+    semisam nnunet <nnUNetv2_command> [args ...]         nnU-Net's own commands, torchvision-safe
+
+Bad input ends with one ``error: ...`` line on stderr and exit status 2; nothing half-written is left.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from semisam.utils.errors import SemisamError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from semisam.config import compose, to_yaml
+
+    cfg = compose(args.overrides, config_dir=args.recipes)
+    if args.cfg:
+        print(to_yaml(cfg), end="")
+        return 0
+    from semisam.loop.experiment import run_experiment
+
+    run_experiment(cfg)
+    return 0
+
+
+def _cmd_pseudolabel(args: argparse.Namespace) -> int:
+    from semisam.config import compose
+    from semisam.teacher.pipeline import pseudolabel_folder
+
+    cfg = compose(args.overrides, config_dir=args.recipes)
+    pseudolabel_folder(
+        images_dir=Path(args.images),
+        probs_dir=Path(args.probs),
+        out_dir=Path(args.out),
+        dataset_json=Path(args.dataset_json),
+        cfg=cfg,
+        adapt_on=Path(args.adapt_on) if args.adapt_on else None,
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from semisam.eval.report import evaluate_folders
+
+    evaluate_folders(Path(args.pred), Path(args.gt), Path(args.dataset_json), Path(args.out))
+    return 0
+
+
+def _cmd_nnunet(args: argparse.Namespace) -> int:
+    from semisam.nnunet.__main__ import run_nnunet_command
+
+    return run_nnunet_command(args.command, args.args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semisam", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def recipes_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--recipes", type=Path, default=None,
+                        help="recipe folder (default: $SEMISAM_RECIPES or the repository's recipes/)")
+
+    r = sub.add_parser("run", help="run an experiment recipe (Hydra overrides: key=value)")
+    recipes_arg(r)
+    r.add_argument("--cfg", action="store_true", help="print the resolved, validated recipe and exit")
+    r.add_argument("overrides", nargs="*", help="e.g. experiment=demo dataset.raw_dir=data/Dataset501_Nuclei")
+    r.set_defaults(fn=_cmd_run)
+
+    pl = sub.add_parser("pseudolabel", help="SAM-refined pseudo-labels from nnU-Net probability files")
+    recipes_arg(pl)
+    pl.add_argument("--images", required=True, help="folder of images named like nnU-Net's imagesTr (<case>_0000<ext>)")
+    pl.add_argument("--probs", required=True, help="folder of <case>.npz + <case>.pkl written by nnUNetv2_predict --save_probabilities")
+    pl.add_argument("--dataset-json", required=True, help="the dataset.json of the trained model (labels, file_ending)")
+    pl.add_argument("--out", required=True, help="output folder for the pseudo-label files and stats.json")
+    pl.add_argument("--adapt-on", default=None, help="optional nnU-Net raw dataset whose LABELED cases adapt the teacher first")
+    pl.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher=litemedsam filters=agree")
+    pl.set_defaults(fn=_cmd_pseudolabel)
+
+    ev = sub.add_parser("evaluate", help="Dice/HD95 per case and class of a prediction folder")
+    ev.add_argument("--pred", required=True)
+    ev.add_argument("--gt", required=True)
+    ev.add_argument("--dataset-json", required=True)
+    ev.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
+    ev.set_defaults(fn=_cmd_evaluate)
+
+    nn = sub.add_parser("nnunet", help="run an nnUNetv2_* command with semisam's compat and trainers active")
+    nn.add_argument("command", help="e.g. nnUNetv2_train")
+    nn.add_argument("args", nargs=argparse.REMAINDER)
+    nn.set_defaults(fn=_cmd_nnunet)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Before anything imports torchvision (segment_anything, timm, nnU-Net's trainer lookup).
+    from semisam import compat
+
+    compat.install()
+    try:
+        return int(args.fn(args) or 0)
+    except SemisamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last complete step", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Typed recipe schemas: one dataclass per config group, :class:`RunConfig` on top.
+
+The dataclasses are registered in Hydra's ConfigStore (:func:`register_schemas`) as the base of
+``recipes/config.yaml``, so every YAML file and every command-line override is merged onto a typed node:
+an unknown key or a value of the wrong type fails at composition. Ranges and enumerated choices are
+declared beside each field (``metadata``) and checked by :func:`semisam.config.validate.validate`.
+
+Field helpers:
+    ``choice(default, *options)``   an enumerated string
+    ``bounded(default, lo, hi)``    a number in ``[lo, hi]`` (either side may be ``None``)
+    ``positive(default)``           a number ``> 0``
+    ``prob(default)``               a probability / threshold in ``[0, 1]``
+
+Configs stop at the builders: code below them receives plain scalars and tensors, never these objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+__all__ = [
+    "AdaptConfig",
+    "DatasetConfig",
+    "FiltersConfig",
+    "IntensityConfig",
+    "LoggerConfig",
+    "LoopConfig",
+    "PromptsConfig",
+    "RunConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "GROUPS",
+    "TEACHER_NAMES",
+    "FUSION_MODES",
+    "register_schemas",
+]
+
+TEACHER_NAMES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam_vit_t", "tiny_random", "none")
+FUSION_MODES = ("sam", "student", "agree", "weighted")
+
+
+def choice(default: Any, *options: str) -> Any:
+    """A string field that must be one of ``options``."""
+    return field(default=default, metadata={"choices": tuple(options)})
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    """A numeric field that must lie in the closed interval ``[lo, hi]``."""
+    return field(default=default, metadata={"lo": lo, "hi": hi})
+
+
+def positive(default: Any) -> Any:
+    """A numeric field that must be strictly greater than 0."""
+    return field(default=default, metadata={"gt": 0})
+
+
+def prob(default: Any) -> Any:
+    """A probability or threshold: a number in ``[0, 1]``."""
+    return bounded(default, 0.0, 1.0)
+
+
+@dataclass
+class DatasetConfig:
+    """Which nnU-Net raw dataset to learn from.
+
+    ``raw_dir`` is any nnU-Net raw dataset folder (``DatasetNNN_Name/`` with ``imagesTr/``,
+    ``labelsTr/``, ``dataset.json``; semisam's ``semisam_split.json`` names labeled and unlabeled cases).
+    """
+
+    raw_dir: str = MISSING  # required; dataset=nuclei sets the demo set, dataset.raw_dir=<dir> any other
+    dataset_id: int = bounded(501, 1, 999)  # nnU-Net id used in semisam's work folders
+    num_val: int = bounded(0, 0)  # labeled cases reserved for validation, never trained on
+
+
+@dataclass
+class StudentConfig:
+    """The nnU-Net student: configuration, training budget and preprocessing workers."""
+
+    configuration: str = "2d"
+    fold: str = "all"  # "all" or a fold index
+    epochs: int = bounded(30, 1)
+    iterations_per_epoch: int = bounded(30, 1)
+    val_iterations_per_epoch: int = bounded(10, 1)
+    initial_lr: float = positive(0.01)
+    batch_size: Optional[int] = bounded(None, 1)  # None: nnU-Net's planned batch size
+    init: str = choice("scratch", "scratch", "finetune")  # each round from scratch or from the last student
+    num_processes: int = bounded(1, 1)  # preprocessing workers
+    num_processes_da: int = bounded(2, 0)  # data-augmentation workers (0: in the main process)
+
+
+@dataclass
+class IntensityConfig:
+    """How a teacher's input image is scaled to [0, 1] before SAM's own preprocessing."""
+
+    mode: str = choice("percentile", "percentile", "minmax", "window")
+    lower: float = bounded(0.5, 0.0, 100.0)  # percentile mode: lower percentile
+    upper: float = bounded(99.5, 0.0, 100.0)  # percentile mode: upper percentile
+    window_center: Optional[float] = None  # window mode (CT level)
+    window_width: Optional[float] = None  # window mode (CT width), > 0
+
+
+@dataclass
+class AdaptConfig:
+    """Adapting the teacher's mask decoder on the labeled cases (prompts from their labels)."""
+
+    enabled: bool = True
+    steps: int = bounded(200, 0)
+    lr: float = positive(1e-4)
+    batch_size: int = bounded(8, 1)
+    train_prompt_encoder: bool = True
+    augment: bool = True
+    box_jitter: int = bounded(3, 0)  # pixels of random box jitter during adaptation
+    each_round: bool = False  # re-adapt every round (else once per run)
+
+
+@dataclass
+class TeacherConfig:
+    """The SAM teacher: which model, its weights, input scaling, caching and adaptation."""
+
+    name: str = choice("litemedsam", *TEACHER_NAMES)
+    checkpoint: Optional[str] = None  # None: the embedded weights (litemedsam); required for the others
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    cache_dir: Optional[str] = None  # None: <run_dir>/cache/embeddings
+    cache_memory_items: int = bounded(64, 0)
+    decode_batch: int = bounded(64, 1)  # prompts per mask-decoder call
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+
+
+@dataclass
+class PromptsConfig:
+    """Student probabilities → SAM prompts (per class, per connected component)."""
+
+    threshold: float = prob(0.5)  # student probability → foreground
+    box: bool = True
+    box_margin: int = bounded(2, 0)  # pixels added around each box
+    box_jitter: int = bounded(0, 0)
+    positive_points: int = bounded(0, 0)
+    negative_points: int = bounded(0, 0)
+    mask_prompt: bool = False  # also pass the student's low-res logits
+    min_size: int = bounded(10, 0)  # components smaller than this (pixels) get no prompt
+    split_instances: bool = False  # split touching objects (distance-transform watershed)
+    split_min_distance: int = bounded(3, 1)
+    slice_axis: int = bounded(0, 0, 2)  # 3D: the (Z, Y, X) axis sliced for 2D SAM
+    overlap: str = choice("argmax", "argmax", "first", "ignore")  # where two objects' masks overlap
+
+
+@dataclass
+class FiltersConfig:
+    """Fusion of teacher and student, and the accept/ignore filters (thresholds in [0, 1])."""
+
+    fusion: str = choice("agree", *FUSION_MODES)
+    fusion_weight: float = prob(0.5)  # weighted fusion: weight of the teacher
+    min_confidence: float = prob(0.5)  # weighted fusion: fused probability below this → ignore
+    iou_thresh: float = prob(0.0)  # SAM's predicted IoU
+    stability_thresh: float = prob(0.0)
+    stability_offset: float = positive(1.0)  # logit offset of the stability score
+    agreement_thresh: float = prob(0.0)  # Dice between teacher and student per object
+    uncertainty_thresh: float = prob(1.0)  # prompt-perturbation disagreement, accept below
+    perturbations: int = bounded(0, 0)  # perturbed prompts per object (0: uncertainty off)
+    case_min_accept: float = prob(0.5)  # a case is accepted if this fraction of its objects is
+
+
+@dataclass
+class LoopConfig:
+    """Rounds of pseudo-labelling (SamDSK) and when to stop."""
+
+    max_rounds: int = bounded(0, 0)  # 0: supervised baseline only
+    stop_when_no_new: bool = True  # stop when a round accepts no new case
+    select_by_val: bool = False  # keep the round whose student is best on the validation cases
+    gallery_cases: int = bounded(4, 0)  # cases shown in the per-round image gallery
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases (offline by default) and local logs."""
+
+    wandb: str = choice("offline", "offline", "online", "disabled")
+    project: str = "semisam"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None  # None: <run_dir>
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the recipe composed from ``recipes/config.yaml`` and its groups."""
+
+    experiment: str = "supervised"  # set to the chosen experiment recipe's name by compose()
+    seed: int = bounded(0, 0)
+    run_dir: str = "runs/${experiment}"
+    restart: bool = False  # start over instead of resuming the run in run_dir
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# config group name → schema; the experiment group has no node of its own (its files are @package _global_)
+GROUPS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "student": StudentConfig,
+    "teacher": TeacherConfig,
+    "prompts": PromptsConfig,
+    "filters": FiltersConfig,
+    "loop": LoopConfig,
+    "logger": LoggerConfig,
+}
+
+BASE_CONFIG_NAME = "semisam_base"
+
+
+def register_schemas() -> None:
+    """Store :class:`RunConfig` in Hydra's ConfigStore as ``semisam_base`` (idempotent).
+
+    ``recipes/config.yaml`` lists it first in its defaults, so everything merged after it (group files,
+    experiment files, overrides) lands on typed nodes and is checked against these dataclasses.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=BASE_CONFIG_NAME, node=RunConfig)
+

@@ -1,0 +1,103 @@
+"""Range, choice and cross-field checks on a composed :class:`~semisam.config.schema.RunConfig`.
+
+Types and unknown keys are Hydra/OmegaConf's job (the schemas are typed); this module checks what types
+cannot say: a threshold in [0, 1], a count >= 0, a name among the known ones, and a few combinations.
+Every failure is one :class:`SemisamError` line that names the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from semisam.config.schema import RunConfig
+from semisam.utils.errors import SemisamError
+from semisam.utils.registry import suggest
+
+__all__ = ["validate", "check_fields"]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass ``obj`` (recursively) against its ``metadata`` declaration.
+
+    Args:
+        obj: a dataclass instance of the schema (``RunConfig`` or one of its groups).
+        prefix: dotted path of ``obj`` in the run config (``"filters"``), used in messages.
+
+    Raises:
+        SemisamError: the first value out of range or not among its choices, naming ``prefix.field``.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            check_fields(value, key)
+            continue
+        if value is None:
+            continue
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise SemisamError(
+                f"{key}={value!r} is not a valid choice{suggest(str(value), meta['choices'])}; "
+                f"choose one of: {', '.join(meta['choices'])}"
+            )
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise SemisamError(f"{key}={value!r} is out of range; it must lie in [{lo_s}, {hi_s}]")
+        if "gt" in meta and not value > meta["gt"]:
+            raise SemisamError(f"{key}={value!r} is out of range; it must be > {meta['gt']:g}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check ranges, choices and combinations of a composed run config; return it unchanged.
+
+    Raises:
+        SemisamError: one line naming the offending key and what would be valid.
+    """
+    check_fields(cfg)
+    if not _DEVICE.match(cfg.device):
+        raise SemisamError(
+            f"device={cfg.device!r} is not a valid device{suggest(cfg.device, ['auto', 'cpu', 'cuda'])}; "
+            "use auto, cpu, cuda or cuda:N"
+        )
+    if not str(cfg.dataset.raw_dir).strip():
+        raise SemisamError("dataset.raw_dir is empty; pass dataset.raw_dir=<nnU-Net raw dataset folder>")
+    if not str(cfg.experiment).strip() or not str(cfg.run_dir).strip():
+        raise SemisamError("experiment and run_dir must not be empty")
+    if cfg.student.fold != "all" and not cfg.student.fold.isdigit():
+        raise SemisamError(f"student.fold={cfg.student.fold!r} is invalid; use 'all' or a fold index (0, 1, …)")
+
+    inten = cfg.teacher.intensity
+    if inten.mode == "percentile" and not inten.lower < inten.upper:
+        raise SemisamError(
+            f"teacher.intensity.lower={inten.lower:g} must be below teacher.intensity.upper={inten.upper:g}"
+        )
+    if inten.mode == "window":
+        if inten.window_center is None or inten.window_width is None:
+            raise SemisamError(
+                "teacher.intensity.mode=window needs teacher.intensity.window_center and window_width"
+            )
+        if not inten.window_width > 0:
+            raise SemisamError(f"teacher.intensity.window_width={inten.window_width:g} must be > 0")
+
+    if cfg.teacher.name not in ("litemedsam", "tiny_random", "none") and not cfg.teacher.checkpoint:
+        raise SemisamError(
+            f"teacher.name={cfg.teacher.name} needs its weights; pass teacher.checkpoint=<path to the checkpoint>"
+        )
+
+    p = cfg.prompts
+    if not (p.box or p.positive_points > 0 or p.mask_prompt):
+        raise SemisamError(
+            "prompts give SAM nothing to segment; set prompts.box=true or prompts.positive_points>0 "
+            "or prompts.mask_prompt=true"
+        )
+    if cfg.loop.max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
+        raise SemisamError(
+            f"teacher.name=none cannot produce filters.fusion={cfg.filters.fusion!r} pseudo-labels; "
+            "use filters=student (self-training) or choose a teacher"
+        )
+    return cfg

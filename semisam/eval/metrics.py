@@ -1,0 +1,233 @@
+"""Dice and HD95 per case and per class (``monai.metrics``), with ignore-label and empty-mask rules.
+
+Conventions (the same for files and arrays):
+
+* Label maps are integer arrays ``(Z, Y, X)`` (2D: ``Z == 1``) or ``(1, Z, Y, X)`` as nnU-Net reads them.
+* Pixels whose ground truth is ``ignore_label`` are excluded from both prediction and ground truth (set to
+  background for every class) before anything is computed.
+* Empty masks, per class: both empty → Dice 1.0 and HD95 0.0; exactly one empty → Dice 0.0 and HD95
+  undefined, recorded as ``None`` (``null`` in JSON) and left out of HD95 means (``n_hd95`` counts the rest).
+* HD95 is the symmetric 95th-percentile Hausdorff distance between the masks' boundary pixels in physical
+  units (``spacing_zyx``); for 2D images (``Z == 1``) the Z axis is dropped.
+* Pooled Dice of a class: ``2 * sum(|P ∩ G|) / sum(|P| + |G|)`` over all cases (what ASSETS.md reports).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from semisam.utils.errors import SemisamError
+
+
+def class_metrics(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing: Sequence[float] | None = None) -> dict:
+    """Dice and HD95 of one binary mask pair.
+
+    Args:
+        pred_mask, gt_mask: bool arrays of the same shape (2D ``(Y, X)`` or 3D ``(Z, Y, X)``).
+        spacing: physical size of a pixel along each axis of the masks (default 1).
+
+    Returns:
+        ``{"dice", "hd95" (None if exactly one mask is empty), "intersection", "n_pred", "n_gt"}``.
+    """
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    pred_mask = np.asarray(pred_mask, dtype=bool)
+    gt_mask = np.asarray(gt_mask, dtype=bool)
+    assert pred_mask.shape == gt_mask.shape, (pred_mask.shape, gt_mask.shape)
+    n_pred, n_gt = int(pred_mask.sum()), int(gt_mask.sum())
+    inter = int(np.logical_and(pred_mask, gt_mask).sum())
+    p = torch.from_numpy(pred_mask)[None, None].float()
+    g = torch.from_numpy(gt_mask)[None, None].float()
+    # monai: an empty ground truth gives 1.0 if the prediction is empty too, else 0.0 (ignore_empty=False)
+    dice = float(compute_dice(p, g, include_background=True, ignore_empty=False)[0, 0])
+    if n_pred == 0 and n_gt == 0:
+        hd95: float | None = 0.0
+    elif n_pred == 0 or n_gt == 0:
+        hd95 = None
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # monai's own deprecation notices from get_mask_edges
+            hd = compute_hausdorff_distance(
+                p, g, include_background=True, percentile=95,
+                spacing=None if spacing is None else [float(s) for s in spacing],
+            )
+        hd95 = float(hd[0, 0])
+        hd95 = hd95 if math.isfinite(hd95) else None
+    return {"dice": dice, "hd95": hd95, "intersection": inter, "n_pred": n_pred, "n_gt": n_gt}
+
+
+def case_metrics(pred_zyx: np.ndarray, gt_zyx: np.ndarray, labels: Mapping[str, int],
+                 ignore_label: int | None = None, spacing_zyx: Sequence[float] | None = None) -> dict:
+    """Per-class metrics of one case.
+
+    Args:
+        pred_zyx, gt_zyx: integer label maps ``(Z, Y, X)`` or ``(1, Z, Y, X)``, same shape.
+        labels: foreground classes, name → label value.
+        ignore_label: ground-truth value whose pixels are excluded from both maps, or None.
+        spacing_zyx: pixel spacing ``(z, y, x)``; None = 1 along every axis.
+
+    Returns:
+        ``{class name: class_metrics(...)}``.
+
+    Raises:
+        SemisamError: shapes differ.
+    """
+    pred_zyx, gt_zyx = _squeeze_channel(np.asarray(pred_zyx)), _squeeze_channel(np.asarray(gt_zyx))
+    if pred_zyx.shape != gt_zyx.shape:
+        raise SemisamError(f"prediction shape {pred_zyx.shape} differs from ground truth shape {gt_zyx.shape}")
+    valid = np.ones(gt_zyx.shape, dtype=bool) if ignore_label is None else gt_zyx != ignore_label
+    spacing = None if spacing_zyx is None else [float(s) for s in spacing_zyx]
+    if spacing is not None and len(spacing) != gt_zyx.ndim:
+        raise SemisamError(f"spacing {spacing} does not match the image's {gt_zyx.ndim} axes")
+    if gt_zyx.ndim == 3 and gt_zyx.shape[0] == 1:  # 2D case: drop Z
+        pred_zyx, gt_zyx, valid = pred_zyx[0], gt_zyx[0], valid[0]
+        spacing = None if spacing is None else spacing[1:]
+    return {name: class_metrics((pred_zyx == value) & valid, (gt_zyx == value) & valid, spacing)
+            for name, value in labels.items()}
+
+
+def evaluate_arrays(cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float] | None]],
+                    labels: Mapping[str, int], ignore_label: int | None = None) -> dict:
+    """Metrics of label maps held in memory (e.g. pseudo-labels against ``labelsHidden``).
+
+    Args:
+        cases: ``(case_id, pred_zyx, gt_zyx, spacing_zyx or None)`` per case.
+        labels: foreground classes, name → label value.
+        ignore_label: ground-truth value excluded from both maps.
+
+    Returns:
+        ``{"cases": [{"case_id", "classes": {name: {...}}}], "classes": {name: summary}, "n_cases",
+        "mean_dice", "mean_hd95", "pooled_dice", "labels", "ignore_label"}`` — see :func:`summarize`.
+    """
+    records = [{"case_id": str(cid), "classes": case_metrics(p, g, labels, ignore_label, sp)}
+               for cid, p, g, sp in cases]
+    return summarize(records, labels, ignore_label)
+
+
+def summarize(records: list[dict], labels: Mapping[str, int], ignore_label: int | None = None) -> dict:
+    """Per-class means over cases, pooled Dice, and means over classes.
+
+    Per class: ``mean_dice`` (over cases), ``mean_hd95`` (over cases where it is defined; ``n_hd95`` of
+    them; None if none), ``pooled_dice``. Over classes: ``mean_dice``, ``mean_hd95`` (of the class means)
+    and ``pooled_dice`` (intersections and sizes summed over cases and classes).
+    """
+    classes = {}
+    for name, value in labels.items():
+        per = [r["classes"][name] for r in records]
+        hds = [c["hd95"] for c in per if c["hd95"] is not None]
+        classes[name] = {
+            "label": int(value),
+            "n_cases": len(per),
+            "mean_dice": _mean([c["dice"] for c in per]),
+            "mean_hd95": _mean(hds),
+            "n_hd95": len(hds),
+            "pooled_dice": _pooled(per),
+        }
+    everything = [r["classes"][name] for r in records for name in labels]
+    return {
+        "n_cases": len(records),
+        "labels": {k: int(v) for k, v in labels.items()},
+        "ignore_label": None if ignore_label is None else int(ignore_label),
+        "mean_dice": _mean([c["mean_dice"] for c in classes.values() if c["mean_dice"] is not None]),
+        "mean_hd95": _mean([c["mean_hd95"] for c in classes.values() if c["mean_hd95"] is not None]),
+        "pooled_dice": _pooled(everything),
+        "classes": classes,
+        "cases": records,
+    }
+
+
+def evaluate_segmentations(pairs: Iterable[tuple[str, str | os.PathLike, str | os.PathLike]],
+                           labels: Mapping[str, int], ignore_label: int | None = None,
+                           file_ending: str | None = None) -> dict:
+    """Metrics of segmentation files, read with nnU-Net's image readers; spacing from the ground truth.
+
+    Args:
+        pairs: ``(case_id, pred_file, gt_file)`` per case.
+        labels: foreground classes, name → label value (see :func:`labels_from_dataset_json`).
+        ignore_label: ground-truth value excluded from both maps.
+        file_ending: picks nnU-Net's reader (``.png``, ``.nii.gz``, ...); default from the first gt file.
+
+    Returns:
+        As :func:`evaluate_arrays`, with ``pred_file`` and ``gt_file`` in every case record.
+
+    Raises:
+        SemisamError: a file is missing or shapes differ.
+    """
+    pairs = [(str(c), str(p), str(g)) for c, p, g in pairs]
+    if not pairs:
+        raise SemisamError("no cases to evaluate")
+    reader = _reader_for(file_ending or _file_ending(pairs[0][2]), pairs[0][2])
+    records = []
+    for case_id, pred_file, gt_file in pairs:
+        for f in (pred_file, gt_file):
+            if not os.path.isfile(f):
+                raise SemisamError(f"segmentation file {f} (case {case_id}) does not exist")
+        gt, gt_props = reader.read_seg(gt_file)
+        pred, _ = reader.read_seg(pred_file)
+        if np.asarray(pred).shape != np.asarray(gt).shape:
+            raise SemisamError(f"case {case_id}: prediction shape {np.asarray(pred).shape} differs from "
+                               f"ground truth shape {np.asarray(gt).shape}")
+        classes = case_metrics(pred, gt, labels, ignore_label, gt_props.get("spacing"))
+        records.append({"case_id": case_id, "pred_file": pred_file, "gt_file": gt_file, "classes": classes})
+    return summarize(records, labels, ignore_label)
+
+
+def labels_from_dataset_json(dataset_json: Mapping) -> tuple[dict[str, int], int | None]:
+    """Foreground classes (name → value, background and ignore left out) and the ignore label.
+
+    Raises:
+        SemisamError: region-based labels (lists of values), which are not supported here.
+    """
+    labels, ignore = {}, None
+    for name, value in dataset_json["labels"].items():
+        if isinstance(value, (list, tuple)):
+            raise SemisamError(f"label {name!r} is a region {value}; region-based labels are not supported")
+        if name == "ignore":
+            ignore = int(value)
+        elif int(value) != 0:
+            labels[name] = int(value)
+    return labels, ignore
+
+
+def _squeeze_channel(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise SemisamError(f"expected a label map (1, Z, Y, X), got shape {a.shape}")
+        a = a[0]
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise SemisamError(f"expected a label map (Z, Y, X), got shape {a.shape}")
+    return a
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _pooled(per: list[dict]) -> float | None:
+    inter = sum(c["intersection"] for c in per)
+    total = sum(c["n_pred"] + c["n_gt"] for c in per)
+    if not per:
+        return None
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def _file_ending(path: str) -> str:
+    name = os.path.basename(path)
+    for ending in (".nii.gz", ".nrrd", ".nii", ".mha", ".png", ".tif", ".tiff", ".bmp", ".npy", ".npz"):
+        if name.endswith(ending):
+            return ending
+    return os.path.splitext(name)[1]
+
+
+def _reader_for(file_ending: str, example_file: str):
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
+    return determine_reader_writer_from_file_ending(file_ending, example_file, allow_nonmatching_filename=True,
+                                                    verbose=False)()

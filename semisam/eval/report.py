@@ -1,0 +1,47 @@
+"""Evaluation reports: ``metrics.json`` (everything) and ``metrics.md`` (a per-class table), written atomically."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from semisam.utils.io import atomic_write_path, write_json_atomic
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(metrics: dict, title: str | None = None) -> str:
+    """A markdown table of a metrics dict from :mod:`semisam.eval.metrics`: one row per class and a
+    mean-over-classes row with mean Dice, mean HD95 (cases where defined / all), pooled Dice, cases."""
+    lines = [f"## {title}", ""] if title else []
+    lines += [
+        "| class | label | cases | mean Dice | mean HD95 | HD95 defined | pooled Dice |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, c in metrics["classes"].items():
+        lines.append(f"| {name} | {c['label']} | {c['n_cases']} | {_fmt(c['mean_dice'], 4)} | "
+                     f"{_fmt(c['mean_hd95'], 2)} | {c['n_hd95']}/{c['n_cases']} | {_fmt(c['pooled_dice'], 4)} |")
+    if len(metrics["classes"]) > 1:
+        lines.append(f"| **mean over classes** | | {metrics['n_cases']} | {_fmt(metrics['mean_dice'], 4)} | "
+                     f"{_fmt(metrics['mean_hd95'], 2)} | | {_fmt(metrics['pooled_dice'], 4)} |")
+    if metrics.get("ignore_label") is not None:
+        lines += ["", f"Pixels labelled {metrics['ignore_label']} (ignore) in the ground truth are excluded."]
+    lines += ["", "HD95 in the images' physical units; undefined (one mask empty) cases are left out of its mean."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(metrics: dict, out_dir: str | os.PathLike, title: str | None = None,
+                 stem: str = "metrics") -> tuple[Path, Path]:
+    """Write ``<out_dir>/<stem>.json`` and ``<out_dir>/<stem>.md`` atomically.
+
+    Returns:
+        ``(json_path, markdown_path)``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = write_json_atomic(out_dir / f"{stem}.json", metrics)
+    md_path = out_dir / f"{stem}.md"
+    with atomic_write_path(md_path) as tmp:
+        tmp.write_text(markdown_table(metrics, title))
+    return json_path, md_path

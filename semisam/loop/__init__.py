@@ -1,0 +1,1 @@
+"""The semi-supervised loop: SamDSK rounds over an nnU-Net student and a SAM teacher."""

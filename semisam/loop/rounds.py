@@ -1,0 +1,342 @@
+"""The rounds of an experiment (see :mod:`semisam.loop.experiment` for the data flow)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from semisam.config import RunConfig, to_dict, to_yaml
+from semisam.data import RawDataset
+from semisam.data.raw import CaseData, write_raw_dataset
+from semisam.data.split import Split
+from semisam.loop.evaluation import evaluate_students_cases, pseudo_quality
+from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, say, split_cases
+from semisam.loop.state import RunState
+from semisam.utils.errors import SemisamError
+from semisam.utils.io import write_json_atomic
+
+
+class Experiment:
+    """A run folder's rounds. Each public step is recorded in the manifest when complete."""
+
+    def __init__(self, cfg: RunConfig, state: RunState):
+        self.cfg = cfg
+        self.state = state
+        self.run_dir = state.run_dir
+        self.dataset = RawDataset.open(cfg.dataset.raw_dir)
+        self.cases = split_cases(self.dataset, cfg.dataset.num_val, cfg.seed)
+        if not self.cases.test:
+            say("the dataset has no test cases (imagesTs/labelsTs): rounds are reported without test Dice")
+        self.labels = dict(self.dataset.labels)
+        self.foreground = {k: v for k, v in self.labels.items() if v != 0}
+        self.ignore_label = self.dataset.ignore_label
+        if self.ignore_label is None:
+            self.ignore_label = max(self.labels.values()) + 1
+        self._labeler = None
+        self._tracker = None
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def round_dir(self, r: int) -> Path:
+        return self.run_dir / f"round_{r:02d}"
+
+    def student(self, r: int):
+        from semisam.student.driver import NnUNetStudent
+
+        return NnUNetStudent(self.round_dir(r) / "nnunet", device=self.cfg.device,
+                             n_proc_da=self.cfg.student.num_processes_da)
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            from semisam.tracking.wandb_sink import Tracker
+
+            lg = self.cfg.logger
+            self._tracker = Tracker.create(mode=lg.wandb, project=lg.project, run_dir=self.run_dir,
+                                           config=to_dict(self.cfg), name=self.cfg.experiment,
+                                           tags=list(lg.tags), entity=lg.entity, dir=lg.dir)
+        return self._tracker
+
+    @property
+    def labeler(self):
+        """The teacher pipeline, built once per process (SAM loaded once)."""
+        if self._labeler is None:
+            from semisam.teacher.pipeline import build_pseudolabeler
+
+            cache_dir = self.cfg.teacher.cache_dir or str(self.run_dir / "cache" / "embeddings")
+            self._labeler = build_pseudolabeler(self.cfg, ignore_label=self.ignore_label, cache_dir=cache_dir)
+        return self._labeler
+
+    # ------------------------------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        say(f"{self.dataset.name}: {len(self.cases.train)} labeled for training, {len(self.cases.val)} for "
+            f"validation, {len(self.cases.unlabeled)} unlabeled, {len(self.cases.test)} test")
+        max_rounds = cfg.loop.max_rounds
+        if max_rounds > 0 and not self.cases.unlabeled:
+            say("no unlabeled cases: running the supervised baseline only")
+            max_rounds = 0
+        if max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
+            raise SemisamError("teacher=none can only self-train: set filters=student, or pick a teacher")
+        try:
+            accepted: dict[str, str] = {}  # case id -> pseudo-label file of the latest round that accepted it
+            stop_reason = f"reached loop.max_rounds={max_rounds}"
+            for r in range(max_rounds + 1):
+                if r > 0:
+                    teach = state.run(f"r{r}/teacher", lambda: self.teacher_round(r, accepted))
+                    new = [c for c in teach["accepted"] if c not in accepted]
+                    accepted.update({c: teach["files"][c] for c in teach["accepted"]})
+                    if not teach["accepted"]:
+                        stop_reason = f"round {r}: the filters rejected every unlabeled case"
+                        say(f"{stop_reason}; keeping student {r - 1} (loosen filters.* to accept more)")
+                        self.log_round(r, teach, trained=False)
+                        break
+                    if not new and cfg.loop.stop_when_no_new:
+                        stop_reason = f"round {r}: no new case accepted (SamDSK's stopping criterion)"
+                        say(stop_reason)
+                        self.log_round(r, teach, trained=False)
+                        break
+                else:
+                    teach = None
+                state.run(f"r{r}/dataset", lambda: self.build_round_dataset(r, accepted))
+                state.run(f"r{r}/preprocess", lambda: self.preprocess(r))
+                state.run(f"r{r}/train", lambda: self.train(r))
+                state.run(f"r{r}/evaluate", lambda: self.evaluate(r))
+                if r < max_rounds:
+                    state.run(f"r{r}/predict_unlabeled", lambda: self.predict_unlabeled(r))
+                self.log_round(r, teach, trained=True)
+            return self.finish(stop_reason)
+        except BaseException:
+            if self._tracker is not None:
+                self._tracker.finish(exit_code=1)
+            raise
+
+    # ------------------------------------------------------------------------------------------ steps
+    def build_round_dataset(self, r: int, accepted: dict[str, str]) -> dict:
+        """labeled (minus validation) ∪ accepted pseudo-labeled cases, as an nnU-Net raw dataset."""
+        out = self.round_dir(r) / "dataset" / f"Dataset{self.cfg.dataset.dataset_id:03d}_{self.dataset.name}"
+        remove_tree(out)
+        cases = [CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file) for c in self.cases.train]
+        by_id = {c.case_id: c for c in self.cases.unlabeled}
+        cases += [CaseData(cid, image=tuple(by_id[cid].image_files), label=Path(f)) for cid, f in sorted(accepted.items())]
+        ids = [c.case_id for c in cases]
+        split = Split(labeled=tuple(ids), unlabeled=(), test=(), seed=self.cfg.seed, ratio=None)
+        dj = self.dataset.dataset_json
+        write_raw_dataset(out, name=self.dataset.name, cases=cases, labels=self.labels,
+                          file_ending=self.dataset.file_ending, channel_names=dj["channel_names"], split=split,
+                          description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled")
+        return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted)}
+
+    def preprocess(self, r: int) -> dict:
+        student = self.student(r)
+        raw_dir = Path(self.state.result(f"r{r}/dataset")["raw_dir"])
+        remove_tree(student.work_dir)
+        ds_id = student.add_raw_dataset(raw_dir, self.cfg.dataset.dataset_id)
+        conf = self.cfg.student.configuration
+        say(f"round {r}: nnU-Net planning and preprocessing ({conf})")
+        if r == 0:
+            plans = student.plan_and_preprocess(ds_id, configurations=(conf,),
+                                                num_processes=self.cfg.student.num_processes)
+        else:
+            from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+
+            name = student.dataset_name(ds_id)
+            pre = student.paths.preprocessed / name
+            plans = copy_plans(Path(self.state.result("r0/preprocess")["plans"]), pre, name)
+            (pre / "dataset.json").write_text((raw_dir / "dataset.json").read_text())
+            with student.env():
+                preprocess([ds_id], PLANS, configurations=(conf,), num_processes=[self.cfg.student.num_processes],
+                           verbose=False, show_progress_bar=False)
+        return {"plans": str(plans), "dataset_id": ds_id}
+
+    def train(self, r: int) -> dict:
+        s = self.cfg.student
+        init = None
+        if r > 0 and s.init == "finetune":
+            init = str(Path(self.state.result(f"r{r - 1}/train")["model"]) / "fold_all" / "checkpoint_final.pth")
+        say(f"round {r}: training the student ({s.epochs} epochs × {s.iterations_per_epoch} iterations"
+            f"{', fine-tuned from round ' + str(r - 1) if init else ''})")
+        model = self.student(r).train(self.state.result(f"r{r}/preprocess")["dataset_id"], s.configuration, s.fold,
+                                      epochs=s.epochs, iterations_per_epoch=s.iterations_per_epoch,
+                                      val_iterations_per_epoch=s.val_iterations_per_epoch,
+                                      initial_lr=s.initial_lr, batch_size=s.batch_size, init_checkpoint=init)
+        return {"model": str(model)}
+
+    def predict(self, r: int, cases, out: Path, probabilities: bool) -> list[Path]:
+        model = Path(self.state.result(f"r{r}/train")["model"])
+        return self.student(r).predict(model, [list(c.image_files) for c in cases], out,
+                                       save_probabilities=probabilities, fold=self.cfg.student.fold)
+
+    def evaluate(self, r: int) -> dict:
+        """Test (and validation) Dice/HD95 of student ``r``."""
+        result: dict[str, Any] = {}
+        for what, cases in (("test", self.cases.test), ("val", self.cases.val)):
+            if not cases:
+                continue
+            say(f"round {r}: predicting {len(cases)} {what} cases")
+            out = self.round_dir(r) / f"pred_{what}"
+            self.predict(r, cases, out, probabilities=False)
+            result[what] = evaluate_students_cases(self.dataset, cases, out, self.foreground,
+                                                   self.round_dir(r) / f"metrics_{what}", f"round {r} — {what}")
+        return result
+
+    def predict_unlabeled(self, r: int) -> dict:
+        say(f"round {r}: predicting {len(self.cases.unlabeled)} unlabeled cases (probabilities for the teacher)")
+        out = self.round_dir(r) / "pred_unlabeled"
+        self.predict(r, self.cases.unlabeled, out, probabilities=True)
+        return {"dir": str(out)}
+
+    def teacher_round(self, r: int, accepted_before: dict[str, str]) -> dict:
+        """Pseudo-label every unlabeled case from student ``r − 1``'s probabilities."""
+        from semisam.student.driver import load_probabilities
+
+        t0 = now()
+        labeler = self.labeler
+        adapt_stats = self.adapt_teacher(r)
+        probs_dir = Path(self.state.result(f"r{r - 1}/predict_unlabeled")["dir"])
+        out = self.round_dir(r) / "pseudo"
+        out.mkdir(parents=True, exist_ok=True)
+        accepted, files, per_case, gallery = [], {}, {}, []
+        arrays = {}
+        for case in tqdm(self.cases.unlabeled, desc=f"round {r} teacher", unit="case", file=sys.stderr):
+            image, props = self.dataset.read_image(case.image_files)
+            probs, _ = load_probabilities(probs_dir / f"{case.case_id}.npz")
+            res = labeler(image, probs)
+            per_case[case.case_id] = res.stats
+            arrays[case.case_id] = (res.pseudo, res.student, res.teacher)
+            if res.accepted:
+                f = out / f"{case.case_id}{self.dataset.file_ending}"
+                self.dataset.write_seg(res.pseudo, props, f)
+                accepted.append(case.case_id)
+                files[case.case_id] = str(f)
+            if len(gallery) < self.cfg.loop.gallery_cases:
+                gallery.append({"case_id": case.case_id, "image": image[0], "student": res.student,
+                                "teacher": res.teacher, "pseudo": res.pseudo})
+        write_json_atomic(out / "stats.json", per_case)
+        gallery_png = None
+        if gallery:
+            from semisam.tracking.gallery import overlay_gallery
+
+            gallery_png = str(overlay_gallery(gallery, self.ignore_label, self.round_dir(r) / "gallery.png",
+                                              max_cases=self.cfg.loop.gallery_cases, title=f"round {r}"))
+        # Analysis only, after every pseudo-label of the round is written: hidden labels never feed back.
+        quality = pseudo_quality(self.dataset, arrays, accepted, self.foreground, self.ignore_label)
+        n = len(self.cases.unlabeled)
+        return {
+            "accepted": accepted, "files": files, "n_candidates": n,
+            "accept_rate": len(accepted) / n if n else 0.0,
+            "n_added": len([c for c in accepted if c not in accepted_before]),
+            "skipped": {c: s.get("skip_reason") for c, s in per_case.items() if s.get("skip_reason")},
+            "pseudo_quality": quality, "gallery": gallery_png, "adapt": adapt_stats,
+            "cache": labeler.cache_stats(), "teacher_s": round(now() - t0, 2),
+        }
+
+    def adapt_teacher(self, r: int) -> dict | None:
+        """Adapt the teacher on the training labeled cases (never validation, never unlabeled)."""
+        tcfg = self.cfg.teacher
+        if not self.labeler.adaptable or not tcfg.adapt.enabled or tcfg.adapt.steps == 0:
+            return None
+        tag = f"r{r}" if tcfg.adapt.each_round else "r1"
+        path = self.run_dir / "teacher" / f"adapted_{tag}.pt"
+        pairs = []
+        for c in self.cases.train:
+            image, _ = self.dataset.read_image(c.image_files)
+            seg, _ = self.dataset.read_seg(c.label_file)
+            pairs.append((image, seg[0]))
+        say(f"round {r}: adapting the teacher on {len(pairs)} labeled cases ({tcfg.adapt.steps} steps)")
+        return self.labeler.adapt(pairs, sorted(self.foreground.values()), path)
+
+    # ------------------------------------------------------------------------------------------ reports
+    def log_round(self, r: int, teach: dict | None, trained: bool) -> None:
+        key = f"r{r}/logged"
+        if self.state.done(key):
+            return
+        record: dict[str, Any] = {"round": r}
+        timings = {}
+        if trained:
+            ds = self.state.result(f"r{r}/dataset")
+            ev = self.state.result(f"r{r}/evaluate")
+            record.update(n_labeled=ds["n_labeled"], n_pseudo=ds["n_pseudo"])
+            for what in ("test", "val"):
+                if what in ev:
+                    m = ev[what]
+                    record[what] = {"dice_mean": m["mean_dice"], "hd95_mean": m["mean_hd95"],
+                                    "pooled_dice": m["pooled_dice"],
+                                    "dice_per_class": {k: v["mean_dice"] for k, v in m["classes"].items()},
+                                    "hd95_per_class": {k: v["mean_hd95"] for k, v in m["classes"].items()}}
+            timings["train_s"] = self.state.seconds(f"r{r}/train")
+            timings["preprocess_s"] = self.state.seconds(f"r{r}/preprocess")
+            timings["predict_s"] = self.state.seconds(f"r{r}/evaluate")
+            from semisam.tracking.wandb_sink import load_nnunet_logging
+
+            ckpt = Path(self.state.result(f"r{r}/train")["model"]) / "fold_all" / "checkpoint_final.pth"
+            if ckpt.is_file():
+                self.tracker.log_training_curve(r, load_nnunet_logging(ckpt))
+        if teach is not None:
+            record.update(n_candidates=teach["n_candidates"], n_added=teach["n_added"],
+                          accept_rate=teach["accept_rate"], pseudo_quality=teach["pseudo_quality"],
+                          cache=teach["cache"], n_skipped=len(teach["skipped"]))
+            timings["teacher_s"] = teach["teacher_s"]
+            if teach.get("adapt"):
+                record["adapt"] = {k: v for k, v in teach["adapt"].items() if isinstance(v, (int, float))}
+        record["timings"] = timings
+        record["trained"] = trained
+        self.tracker.log_round(r, record)
+        if teach is not None and teach.get("gallery"):
+            self.tracker.log_images(r, {"gallery": teach["gallery"]})
+        self.state.run(key, lambda: True)
+
+    def finish(self, stop_reason: str) -> dict[str, Any]:
+        from semisam.tracking.plots import plot_rounds
+        from semisam.tracking.report import write_report
+
+        records = [rec for rec in self.tracker.records if rec.get("trained", True)]
+        all_records = self.tracker.records
+        plots = plot_rounds(all_records, self.run_dir / "plots")
+        report = write_report(self.run_dir, all_records, to_yaml(self.cfg), plots,
+                              title=f"semisam — {self.cfg.experiment}")
+        best = select_round(records, self.cfg.loop.select_by_val)
+        summary = {"stop_reason": stop_reason, "final_round": records[-1]["round"] if records else None,
+                   "selected_round": best, "report": str(report)}
+        self.tracker.summary(summary)
+        self.tracker.finish()
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        print(dice_table(all_records, best))
+        say(f"stopped: {stop_reason}. Report: {report}")
+        return summary
+
+
+def select_round(records: list[dict], by_val: bool) -> int | None:
+    """The round whose student is kept: best validation Dice when asked (never test), else the last."""
+    if not records:
+        return None
+    if by_val:
+        scored = [(rec["val"]["dice_mean"], rec["round"]) for rec in records
+                  if rec.get("val") and rec["val"].get("dice_mean") is not None]
+        if scored:
+            return max(scored)[1]
+        say("loop.select_by_val: no validation cases (dataset.num_val=0); keeping the last round")
+    return records[-1]["round"]
+
+
+def dice_table(records: list[dict], selected: int | None) -> str:
+    """The table printed at the end: supervised-only (round 0) vs each round."""
+    def f(x: Any) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    lines = ["", "| round | training set | test Dice (mean) | test Dice (pooled) | test HD95 | accepted | pseudo-label Dice (kept px) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rec in records:
+        test = rec.get("test") or {}
+        pq = rec.get("pseudo_quality") or {}
+        what = "labeled only (supervised)" if rec["round"] == 0 else f"{rec.get('n_labeled', '?')} + {rec.get('n_pseudo', '?')} pseudo"
+        if not rec.get("trained", True):
+            what = "not trained (stopped)"
+        acc = "–" if rec.get("accept_rate") is None else f"{rec.get('n_added', 0)} new, {100 * rec['accept_rate']:.0f}%"
+        mark = " ←" if rec["round"] == selected else ""
+        lines.append(f"| {rec['round']}{mark} | {what} | {f(test.get('dice_mean'))} | {f(test.get('pooled_dice'))} | "
+                     f"{f(test.get('hd95_mean'))} | {acc} | {f(pq.get('accepted_dice'))} |")
+    return "\n".join(lines) + "\n"

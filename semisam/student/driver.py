@@ -1,0 +1,356 @@
+"""The nnU-Net student: plan + preprocess, train, predict — nnunetv2's Python API, nothing re-implemented.
+
+Everything runs inside :func:`semisam.student.env.nnunet_env` for the student's work folder, so several
+students (rounds, experiments) can live side by side and nothing depends on the user's shell environment.
+
+Typical use::
+
+    student = NnUNetStudent(work_dir, device="auto")
+    dataset_id = student.add_raw_dataset("data/Dataset501_Nuclei")
+    student.plan_and_preprocess(dataset_id)
+    model = student.train(dataset_id, "2d", "all", epochs=30, iterations_per_epoch=30,
+                          val_iterations_per_epoch=5)
+    segs = student.predict(model, "data/Dataset501_Nuclei/imagesTs", out_dir, save_probabilities=True)
+    probs_kzyx, props = load_probabilities(segs[0].with_suffix("").with_suffix(".npz"))
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from semisam.student.env import NnUNetPaths, link_raw_dataset, nnunet_env
+from semisam.utils.errors import SemisamError
+from semisam.utils.io import atomic_dir
+
+TRAINER_NAME = "nnUNetTrainerSemiSAM"
+DEFAULT_PLANS = "nnUNetPlans"
+
+
+def resolve_device(device: "str | object | None" = "auto"):
+    """``"auto"``/None → CUDA if available else CPU; otherwise ``torch.device(device)``."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SemisamError("device 'cuda' was asked for but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def model_folder_name(configuration: str, trainer_name: str = TRAINER_NAME, plans: str = DEFAULT_PLANS) -> str:
+    """nnU-Net's results sub-folder ``Trainer__Plans__configuration``."""
+    return f"{trainer_name}__{plans}__{configuration}"
+
+
+class NnUNetStudent:
+    """An nnU-Net student living in one work folder (``nnUNet_raw/``, ``nnUNet_preprocessed/``,
+    ``nnUNet_results/`` underneath).
+
+    Args:
+        work_dir: the student's folder.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, or a ``torch.device``.
+        plans_identifier: nnU-Net plans name.
+        n_proc_da: augmentation workers (``nnUNet_n_proc_DA``; 0 runs augmentation in this process). None
+            keeps the environment's value.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike, device="auto", plans_identifier: str = DEFAULT_PLANS,
+                 n_proc_da: int | None = None):
+        self.work_dir = Path(work_dir).absolute()
+        self.paths = NnUNetPaths.under(self.work_dir)
+        self.device = resolve_device(device)
+        self.plans_identifier = plans_identifier
+        self.n_proc_da = n_proc_da
+
+    def env(self, results_dir: str | os.PathLike | None = None):
+        """The nnU-Net environment of this student (a context manager); ``results_dir`` replaces
+        ``nnUNet_results`` inside it."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def _env():
+            with nnunet_env(self.work_dir, n_proc_da=self.n_proc_da) as paths:
+                if results_dir is None:
+                    yield paths
+                    return
+                Path(results_dir).mkdir(parents=True, exist_ok=True)
+                saved = os.environ["nnUNet_results"]
+                os.environ["nnUNet_results"] = str(Path(results_dir).absolute())
+                try:
+                    yield NnUNetPaths(paths.raw, paths.preprocessed, Path(results_dir).absolute())
+                finally:
+                    os.environ["nnUNet_results"] = saved
+
+        return _env()
+
+    # ------------------------------------------------------------------ data
+    def add_raw_dataset(self, raw_dataset_dir: str | os.PathLike, dataset_id: int | None = None,
+                        name: str | None = None) -> int:
+        """Link a raw dataset folder into this student's ``nnUNet_raw``; returns its dataset id."""
+        dataset_id, _ = link_raw_dataset(raw_dataset_dir, self.paths.raw, dataset_id, name)
+        return dataset_id
+
+    def dataset_name(self, dataset_id: int) -> str:
+        """``DatasetNNN_Name`` of a linked dataset."""
+        hits = sorted(p.name for p in self.paths.raw.glob(f"Dataset{int(dataset_id):03d}_*"))
+        if not hits:
+            raise SemisamError(f"dataset {dataset_id} is not in {self.paths.raw}; add it with add_raw_dataset")
+        return hits[0]
+
+    # ------------------------------------------------------------------ plan
+    def plan_and_preprocess(self, dataset_id: int, configurations: Sequence[str] = ("2d",),
+                            num_processes: int = 1, verify: bool = True) -> Path:
+        """nnU-Net's fingerprint, experiment planning and preprocessing of the dataset's labeled cases.
+
+        Args:
+            dataset_id: a dataset added with :meth:`add_raw_dataset`.
+            configurations: nnU-Net configurations to preprocess (``"2d"``, ``"3d_fullres"``, ...).
+            num_processes: worker processes for fingerprinting and preprocessing.
+            verify: run nnU-Net's dataset integrity check first.
+
+        Returns:
+            The plans file (``nnUNet_preprocessed/DatasetNNN_Name/<plans>.json``).
+        """
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+            extract_fingerprints,
+            plan_experiments,
+            preprocess,
+        )
+
+        dataset_name = self.dataset_name(dataset_id)
+        with self.env():
+            extract_fingerprints([int(dataset_id)], num_processes=num_processes,
+                                 check_dataset_integrity=verify, clean=True, verbose=False,
+                                 show_progress_bar=False)
+            # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+            da = os.environ.get("nnUNet_n_proc_DA")
+            os.environ["nnUNet_n_proc_DA"] = str(max(1, int(da or 1)))
+            try:
+                plans_identifier = plan_experiments([int(dataset_id)])
+            finally:
+                if da is None:
+                    os.environ.pop("nnUNet_n_proc_DA", None)
+                else:
+                    os.environ["nnUNet_n_proc_DA"] = da
+            if plans_identifier != self.plans_identifier:
+                raise SemisamError(f"nnU-Net planned {plans_identifier!r}, expected {self.plans_identifier!r}")
+            preprocess([int(dataset_id)], plans_identifier, configurations=tuple(configurations),
+                       num_processes=[num_processes], verbose=False, show_progress_bar=False)
+        plans_file = self.paths.preprocessed / dataset_name / f"{self.plans_identifier}.json"
+        missing = [c for c in configurations if not (plans_file.parent / _data_identifier(plans_file, c)).is_dir()]
+        if missing:
+            raise SemisamError(f"nnU-Net planned no {missing[0]!r} configuration for {dataset_name}")
+        return plans_file
+
+    # ------------------------------------------------------------------ train
+    def build_trainer(self, dataset_id: int, configuration: str = "2d", fold: int | str = "all", *,
+                      epochs: int, iterations_per_epoch: int, val_iterations_per_epoch: int,
+                      initial_lr: float | None = None, batch_size: int | None = None,
+                      init_checkpoint: str | os.PathLike | None = None):
+        """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+
+        from semisam.nnunet.trainer import TrainerOverrides, nnUNetTrainerSemiSAM
+
+        overrides = TrainerOverrides(num_epochs=epochs, num_iterations_per_epoch=iterations_per_epoch,
+                                     num_val_iterations_per_epoch=val_iterations_per_epoch,
+                                     initial_lr=initial_lr, batch_size=batch_size,
+                                     init_checkpoint=None if init_checkpoint is None else str(init_checkpoint))
+        pre = self.paths.preprocessed / self.dataset_name(dataset_id)
+        plans_file = pre / f"{self.plans_identifier}.json"
+        if not plans_file.is_file():
+            raise SemisamError(f"{plans_file} does not exist; run plan_and_preprocess for dataset {dataset_id}")
+        plans = load_json(str(plans_file))
+        if configuration not in plans["configurations"]:
+            raise SemisamError(f"configuration {configuration!r} is not planned for {pre.name}; planned: "
+                               f"{', '.join(plans['configurations'])}")
+        plans["continue_training"] = False  # nnU-Net's trainer pops this key
+        fold = _check_fold(fold)
+        dataset_json = load_json(str(pre / "dataset.json"))
+        n_cases = int(dataset_json.get("numTraining", 0))
+        if fold != "all" and n_cases < 5 and not (pre / "splits_final.json").is_file():
+            raise SemisamError(f"fold {fold} needs nnU-Net's 5-fold split, but {pre.name} has {n_cases} labeled "
+                               "cases; train with fold='all' or provide splits_final.json")
+        trainer = nnUNetTrainerSemiSAM(plans=plans, configuration=configuration, fold=fold,
+                                       dataset_json=dataset_json, device=self.device)
+        trainer.apply_overrides(overrides)
+        return trainer
+
+    def train(self, dataset_id: int, configuration: str = "2d", fold: int | str = "all", *,
+              epochs: int, iterations_per_epoch: int, val_iterations_per_epoch: int,
+              initial_lr: float | None = None, batch_size: int | None = None,
+              init_checkpoint: str | os.PathLike | None = None,
+              results_dir: str | os.PathLike | None = None, validate: bool | None = None) -> Path:
+        """Train the student with nnU-Net's loop and the recipe's length.
+
+        Args:
+            dataset_id, configuration, fold: nnU-Net's; ``fold="all"`` trains on every labeled case.
+            epochs, iterations_per_epoch, val_iterations_per_epoch, initial_lr, batch_size: the recipe's
+                values (None keeps nnU-Net's default for lr and batch size).
+            init_checkpoint: start from these network weights (fine-tuning from the previous round).
+            results_dir: replaces ``nnUNet_results`` for this run (one folder per round).
+            validate: run nnU-Net's final validation (``validation/summary.json``). Default: yes for a
+                numbered fold, no for ``"all"`` (it would only re-predict the training cases).
+
+        Returns:
+            The model folder (``.../DatasetNNN_Name/nnUNetTrainerSemiSAM__<plans>__<configuration>``),
+            holding ``plans.json``, ``dataset.json`` and ``fold_<fold>/checkpoint_final.pth``.
+        """
+        fold = _check_fold(fold)
+        if validate is None:
+            validate = fold != "all"
+        with self.env(results_dir):
+            trainer = self.build_trainer(dataset_id, configuration, fold, epochs=epochs,
+                                         iterations_per_epoch=iterations_per_epoch,
+                                         val_iterations_per_epoch=val_iterations_per_epoch,
+                                         initial_lr=initial_lr, batch_size=batch_size,
+                                         init_checkpoint=init_checkpoint)
+            trainer.run_training()
+            if validate:
+                trainer.perform_actual_validation(save_probabilities=False)
+            return Path(trainer.output_folder_base)
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, model_folder: str | os.PathLike, inputs: "str | os.PathLike | list[list[str | os.PathLike]]",
+                output_dir: str | os.PathLike, save_probabilities: bool = False,
+                checkpoint: str = "checkpoint_final.pth", fold: int | str = "all",
+                use_mirroring: bool = True, tile_step_size: float = 0.5) -> list[Path]:
+        """Predict cases with nnU-Net's sliding-window predictor, sequentially (no process pools).
+
+        Args:
+            model_folder: as returned by :meth:`train`.
+            inputs: a folder of ``<case>_0000<ext>`` files, or one list of channel files per case.
+            output_dir: receives ``<case><ext>`` (and ``<case>.npz`` + ``<case>.pkl`` with
+                probabilities); written as a whole (a temporary folder renamed at the end), replacing an
+                existing folder.
+            save_probabilities: also write the class probabilities (see :func:`load_probabilities`).
+            checkpoint, fold: which weights.
+            use_mirroring, tile_step_size: nnU-Net's test-time mirroring and sliding-window overlap.
+
+        Returns:
+            The segmentation files, in input order.
+        """
+        predictor = self.load_predictor(model_folder, checkpoint=checkpoint, fold=fold,
+                                        use_mirroring=use_mirroring, tile_step_size=tile_step_size)
+        file_ending = predictor.dataset_json["file_ending"]
+        if isinstance(inputs, (str, os.PathLike)):
+            from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+            if not Path(inputs).is_dir():
+                raise SemisamError(f"input folder {inputs} does not exist")
+            lists = create_lists_from_splitted_dataset_folder(str(inputs), file_ending)
+        else:
+            lists = [[str(f) for f in case] for case in inputs]
+        if not lists:
+            raise SemisamError(f"no input cases ending in {file_ending} to predict")
+        for case in lists:
+            for f in case:
+                if not Path(f).is_file():
+                    raise SemisamError(f"input image {f} does not exist")
+        case_ids = [os.path.basename(case[0])[: -(len(file_ending) + 5)] for case in lists]
+        output_dir = Path(output_dir).absolute()
+        with self.env(), atomic_dir(output_dir, overwrite=True) as tmp:
+            predictor.predict_from_files_sequential(lists, str(tmp), save_probabilities=save_probabilities,
+                                                    overwrite=True)
+        return [output_dir / f"{c}{file_ending}" for c in case_ids]
+
+    def load_predictor(self, model_folder: str | os.PathLike, checkpoint: str = "checkpoint_final.pth",
+                       fold: int | str = "all", use_mirroring: bool = True, tile_step_size: float = 0.5):
+        """An initialised ``nnUNetPredictor`` for a trained model folder.
+
+        The network is rebuilt with nnU-Net's own builder from the saved plans; the trainer class is not
+        looked up by name (nnU-Net's lookup imports every trainer module, and needs ``nnUNet_extTrainer``
+        for ours).
+        """
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from semisam.nnunet.trainer import nnUNetTrainerSemiSAM, read_checkpoint
+
+        model_folder = Path(model_folder)
+        ckpt_file = model_folder / f"fold_{_check_fold(fold)}" / checkpoint
+        if not ckpt_file.is_file():
+            raise SemisamError(f"no checkpoint {ckpt_file}; train the student first")
+        ckpt = read_checkpoint(ckpt_file)
+        plans_manager = PlansManager(load_json(str(model_folder / "plans.json")))
+        dataset_json = load_json(str(model_folder / "dataset.json"))
+        configuration_manager = plans_manager.get_configuration(ckpt["init_args"]["configuration"])
+        network = nnUNetTrainerSemiSAM.build_network_architecture(
+            plans_manager, configuration_manager,
+            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+            enable_deep_supervision=False,
+        )
+        weights = {(k[7:] if k.startswith("module.") else k): v for k, v in ckpt["network_weights"].items()}
+        network.load_state_dict(weights)
+        predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
+                                    use_mirroring=use_mirroring,
+                                    perform_everything_on_device=self.device.type == "cuda",
+                                    device=self.device, verbose=False, verbose_preprocessing=False,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(network.to(self.device), plans_manager, configuration_manager,
+                                        [weights], dataset_json, ckpt.get("trainer_name", TRAINER_NAME),
+                                        ckpt.get("inference_allowed_mirroring_axes"))
+        return predictor
+
+
+def load_probabilities(npz_file: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Class probabilities written by :meth:`NnUNetStudent.predict` with ``save_probabilities=True``.
+
+    Args:
+        npz_file: ``<case>.npz``; its sibling ``<case>.pkl`` holds nnU-Net's image properties.
+
+    Returns:
+        ``(student_probs, properties)``: ``student_probs`` is float32 ``(K, Z, Y, X)`` — K classes including
+        background, summing to 1 over K, in the original image geometry (2D images: Z == 1);
+        ``properties`` is nnU-Net's dict (``spacing``, ...), or ``{}`` without a ``.pkl``.
+
+    Raises:
+        SemisamError: missing file or no ``probabilities`` array in it.
+    """
+    npz_file = Path(npz_file)
+    if not npz_file.is_file():
+        raise SemisamError(f"probabilities file {npz_file} does not exist; predict with save_probabilities")
+    with np.load(npz_file) as z:
+        if "probabilities" not in z:
+            raise SemisamError(f"{npz_file} has no 'probabilities' array")
+        probs = np.asarray(z["probabilities"], dtype=np.float32)
+    if probs.ndim == 3:  # (K, Y, X): a writer without the Z axis
+        probs = probs[:, None]
+    if probs.ndim != 4:
+        raise SemisamError(f"{npz_file}: probabilities have shape {probs.shape}, expected (K, Z, Y, X)")
+    pkl = npz_file.with_suffix(".pkl")
+    properties = {}
+    if pkl.is_file():
+        with open(pkl, "rb") as f:  # our own output folder (nnU-Net's properties are a plain pickle)
+            properties = pickle.load(f)
+    return probs, properties
+
+
+def _check_fold(fold: int | str) -> int | str:
+    if fold == "all":
+        return "all"
+    try:
+        fold = int(fold)
+    except (TypeError, ValueError):
+        raise SemisamError(f"fold must be 'all' or an integer, got {fold!r}") from None
+    if fold < 0:
+        raise SemisamError(f"fold must be 'all' or an integer >= 0, got {fold}")
+    return fold
+
+
+def _data_identifier(plans_file: Path, configuration: str) -> str:
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(load_json(str(plans_file)))
+    if configuration not in pm.available_configurations:
+        return f"<no {configuration}>"
+    return pm.get_configuration(configuration).data_identifier

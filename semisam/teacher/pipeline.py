@@ -1,0 +1,336 @@
+"""One unlabeled case → one pseudo-label: prompts → SAM teacher → filters → fusion.
+
+:class:`PseudoLabeler` takes an image and the student's probabilities — never a label — and returns the
+pseudo-label (rejected pixels carry the ignore label), the student's and the teacher's label maps, whether
+the case is accepted, and its stats. 3D volumes are processed slice-wise along ``slice_axis``; SAM sees the
+first image channel, mapped to ``[0, 1]`` once per case by the teacher's intensity rule (so every slice of a
+volume shares one mapping).
+
+:func:`build_pseudolabeler` is the builder from a recipe (configs stop here); :func:`pseudolabel_folder`
+is ``semisam pseudolabel``: refine any trained nnU-Net's ``--save_probabilities`` output.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from semisam.filters import (
+    CaseStats,
+    PseudoLabelStats,
+    agreement,
+    object_accept,
+    perturbation_uncertainty,
+    pixel_accept,
+)
+from semisam.fusion import fuse, teacher_label_map
+from semisam.prompts import extract_objects, iter_slices, make_prompts, stack_slices, student_hard_labels, validate_probs
+from semisam.utils.errors import SemisamError
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """Scalars of the ``prompts`` recipe group (see :func:`semisam.prompts.make_prompts`)."""
+
+    threshold: float = 0.5
+    box: bool = True
+    box_margin: int = 2
+    box_jitter: int = 0
+    positive_points: int = 0
+    negative_points: int = 0
+    mask_prompt: bool = False
+    min_size: int = 10
+    split_instances: bool = False
+    split_min_distance: int = 3
+    slice_axis: int = 0
+    overlap: str = "argmax"
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """Scalars of the ``filters`` recipe group (see :mod:`semisam.filters` and :func:`semisam.fusion.fuse`)."""
+
+    fusion: str = "agree"
+    fusion_weight: float = 0.5
+    min_confidence: float = 0.5
+    iou_thresh: float = 0.0
+    stability_thresh: float = 0.0
+    stability_offset: float = 1.0
+    agreement_thresh: float = 0.0
+    uncertainty_thresh: float = 1.0
+    perturbations: int = 0
+    case_min_accept: float = 0.5
+
+
+@dataclass
+class PseudoLabel:
+    """The teacher's answer for one case; label maps are ``(Z, Y, X)``."""
+
+    pseudo: np.ndarray  # fused label, ignore label where rejected
+    student: np.ndarray  # the student's hard labels
+    teacher: np.ndarray | None  # the teacher's label map (all objects), None without a teacher
+    accepted: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# Extra jitter (pixels) of the perturbed box prompts behind the uncertainty filter.
+PERTURB_JITTER = 3
+
+
+class PseudoLabeler:
+    """Builds pseudo-labels for unlabeled cases.
+
+    Args:
+        teacher: a :class:`~semisam.teacher.predictor.SamTeacher` built with ``intensity=None``, or None
+            to self-train on the student's own labels (fusion must then be ``student``).
+        intensity: the rule mapping each case's first channel to ``[0, 1]``.
+        prompts, filters: the recipe's scalars.
+        ignore_label: the dataset's ignore label.
+        seed: for prompt jitter and perturbations.
+        adapt_settings: keyword arguments of :func:`semisam.teacher.adapt.adapt_teacher`.
+    """
+
+    def __init__(self, teacher, *, intensity, prompts: PromptSettings, filters: FilterSettings, ignore_label: int,
+                 seed: int = 0, adapt_settings: dict | None = None):
+        if teacher is None and filters.fusion != "student":
+            raise SemisamError(f"filters.fusion={filters.fusion} needs a teacher; use fusion 'student' without one")
+        self.teacher = teacher
+        self.intensity = intensity
+        self.p = prompts
+        self.f = filters
+        self.ignore_label = int(ignore_label)
+        self.seed = seed
+        self.adapt_settings = dict(adapt_settings or {})
+        self.stats = PseudoLabelStats()
+
+    @property
+    def adaptable(self) -> bool:
+        return self.teacher is not None
+
+    def cache_stats(self) -> dict:
+        return {} if self.teacher is None else self.teacher.cache.stats()
+
+    # ------------------------------------------------------------------------------------------ adaptation
+    def adapt(self, labeled: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[int], path: str | Path) -> dict:
+        """Adapt the teacher on LABELED cases: ``(image (C, Z, Y, X), label (Z, Y, X))`` pairs.
+
+        Volumes are cut into slices along ``slice_axis``; slices without foreground are left out. The
+        adapted decoder is saved at ``path`` and reused when the same data and settings come again.
+        """
+        from semisam.teacher.adapt import adapt_or_load
+
+        pairs = []
+        for image, label in labeled:
+            img01 = self.intensity.apply(np.asarray(image)[0])
+            for (_, img_s), (_, lab_s) in zip(iter_slices(img01, self.p.slice_axis),
+                                              iter_slices(np.asarray(label), self.p.slice_axis)):
+                if (lab_s > 0).any():
+                    pairs.append((img_s, lab_s))
+        if not pairs:
+            raise SemisamError("no labeled slice has foreground: the teacher cannot be adapted (teacher.adapt.enabled=false)")
+        return adapt_or_load(self.teacher.model, self.teacher.cache, pairs, classes, path, intensity=None,
+                             ignore_label=self.ignore_label, seed=self.seed, **self.adapt_settings)
+
+    # ------------------------------------------------------------------------------------------ one case
+    def __call__(self, image: np.ndarray, student_probs: np.ndarray, case_id: str = "") -> PseudoLabel:
+        """Pseudo-label one case.
+
+        Args:
+            image: ``(C, Z, Y, X)`` (2D cases: Z == 1), raw intensities.
+            student_probs: ``(K, Z, Y, X)`` the student's class probabilities, background first.
+
+        Raises:
+            SemisamError: NaN/Inf, shapes that differ, probabilities that do not sum to one.
+        """
+        image = np.asarray(image)
+        if image.ndim != 4:
+            raise SemisamError(f"case {case_id}: image must be (C, Z, Y, X), got shape {image.shape}")
+        probs = validate_probs(student_probs, image.shape)
+        student = student_hard_labels(probs, threshold=self.p.threshold, overlap=self.p.overlap)
+        if not (student > 0).any():
+            stats = CaseStats.skipped_case(case_id, "no_foreground")
+            self.stats.append(stats)
+            empty = np.full(student.shape, self.ignore_label, dtype=np.uint8)
+            return PseudoLabel(empty, student, None, False, stats.to_dict())
+        if self.teacher is None:
+            return self._self_label(case_id, student)
+        img01 = self.intensity.apply(image[0])
+        rng = np.random.default_rng(self.seed)
+        axis = self.p.slice_axis
+        pseudo_slices, teacher_slices = [], []
+        per_obj: dict[str, list[np.ndarray]] = {k: [] for k in ("accept", "iou", "stab", "agree", "unc")}
+        reasons: list[tuple[str, ...]] = []
+        for (_, img_s), (_, probs_s), (_, student_s) in zip(iter_slices(img01, axis), iter_slices(probs, axis),
+                                                           iter_slices(student, axis)):
+            out = self._slice(img_s, probs_s, student_s, rng)
+            pseudo_slices.append(out["pseudo"])
+            teacher_slices.append(out["teacher"])
+            for k in per_obj:
+                per_obj[k].append(out[k])
+            reasons += out["reasons"]
+        pseudo = stack_slices(pseudo_slices, axis)
+        teacher = stack_slices(teacher_slices, axis)
+        cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_obj.items()}
+        foreground = (student > 0) | (teacher > 0)
+        stats = CaseStats.from_arrays(
+            case_id, accept=cat["accept"], reasons=reasons, accept_pixel_mask=pseudo != self.ignore_label,
+            foreground=foreground, case_min_accept=self.f.case_min_accept, iou_pred=cat["iou"],
+            stability=cat["stab"], agreement=cat["agree"],
+            uncertainty=cat["unc"] if self.f.perturbations else None)
+        self.stats.append(stats)
+        return PseudoLabel(pseudo.astype(np.uint8), student, teacher, stats.accepted, stats.to_dict())
+
+    def _self_label(self, case_id: str, student: np.ndarray) -> PseudoLabel:
+        """No teacher: the student's own labels (plain self-training baseline)."""
+        fg = student > 0
+        stats = CaseStats.from_arrays(case_id, accept=np.ones(0, bool), reasons=[], accept_pixel_mask=fg,
+                                      foreground=fg, case_min_accept=self.f.case_min_accept)
+        self.stats.append(stats)
+        return PseudoLabel(student.astype(np.uint8), student, None, stats.accepted, stats.to_dict())
+
+    def _slice(self, img_s: np.ndarray, probs_s: np.ndarray, student_s: np.ndarray, rng: np.random.Generator) -> dict:
+        p, f = self.p, self.f
+        objects = extract_objects(probs_s, threshold=p.threshold, min_size=p.min_size,
+                                  split_instances=p.split_instances, split_min_distance=p.split_min_distance,
+                                  overlap=p.overlap)
+        shape = student_s.shape
+        batch = make_prompts(objects, shape, box=p.box, box_margin=p.box_margin, box_jitter=p.box_jitter,
+                             positive_points=p.positive_points, negative_points=p.negative_points,
+                             mask_prompt=p.mask_prompt, student_probs_slice=probs_s, rng=rng,
+                             mask_size=self.teacher.model.spec.lowres_size)
+        n = len(batch)
+        if n == 0:
+            masks = np.zeros((0, *shape), bool)
+            pred_logits = np.zeros((0, *shape), np.float32)
+            iou = stab = agree = unc = np.zeros(0)
+            pixel_ok = None
+        else:
+            pred = self.teacher.predict(img_s, batch.boxes_xyxy, batch.points_xy, batch.point_labels, batch.mask_inputs)
+            masks, pred_logits, iou, stab = pred.masks, pred.logits, pred.iou_pred, pred.stability
+            if f.stability_offset != 1.0:
+                from semisam.filters import stability_score
+
+                stab = stability_score(pred.logits, offset=f.stability_offset)
+            agree = agreement(masks, batch.object_masks)
+            unc, pixel_ok = np.zeros(n), None
+            if f.perturbations > 0:
+                runs = [masks]
+                for _ in range(f.perturbations):
+                    pb = make_prompts(objects, shape, box=p.box, box_margin=p.box_margin,
+                                      box_jitter=max(p.box_jitter, PERTURB_JITTER),
+                                      positive_points=p.positive_points, negative_points=p.negative_points,
+                                      mask_prompt=p.mask_prompt, student_probs_slice=probs_s, rng=rng,
+                                      mask_size=self.teacher.model.spec.lowres_size)
+                    runs.append(self.teacher.predict(img_s, pb.boxes_xyxy, pb.points_xy, pb.point_labels,
+                                                     pb.mask_inputs).masks)
+                pixel_unc, unc = perturbation_uncertainty(np.stack(runs))
+                pixel_ok = pixel_accept(pixel_unc, f.uncertainty_thresh)
+        accept, reasons = object_accept(iou, stab, agree, unc if f.perturbations else None,
+                                        iou_thresh=f.iou_thresh, stability_thresh=f.stability_thresh,
+                                        agreement_thresh=f.agreement_thresh, uncertainty_thresh=f.uncertainty_thresh)
+        pseudo, _ = fuse(student_s, masks, batch.class_ids, accept, mode=f.fusion, ignore_label=self.ignore_label,
+                         fusion_weight=f.fusion_weight, student_probs=probs_s,
+                         teacher_probs=1.0 / (1.0 + np.exp(-pred_logits)), student_object_masks=batch.object_masks,
+                         pixel_reliable=pixel_ok, min_confidence=f.min_confidence)
+        teacher_map, _ = teacher_label_map(masks, batch.class_ids, np.ones(n, bool))
+        return {"pseudo": pseudo, "teacher": teacher_map, "accept": accept, "reasons": list(reasons),
+                "iou": iou, "stab": stab, "agree": agree, "unc": unc}
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> PseudoLabeler:
+    """The recipe's teacher pipeline (SAM built once; embeddings cached in ``cache_dir``)."""
+    from semisam.teacher.preprocess import IntensityRule
+
+    t = cfg.teacher
+    intensity = IntensityRule(mode=t.intensity.mode, lower=t.intensity.lower, upper=t.intensity.upper,
+                              center=t.intensity.window_center, width=t.intensity.window_width)
+    prompts = PromptSettings(**{k: getattr(cfg.prompts, k) for k in PromptSettings.__dataclass_fields__})
+    filters = FilterSettings(**{k: getattr(cfg.filters, k) for k in FilterSettings.__dataclass_fields__})
+    teacher = None
+    if t.name != "none":
+        from semisam.teacher.cache import EmbeddingCache
+        from semisam.teacher.models import build_teacher_model
+        from semisam.teacher.predictor import SamTeacher
+
+        device = _device(cfg.device)
+        model = build_teacher_model(t.name, t.checkpoint, device=device)
+        cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items)
+        teacher = SamTeacher(model, cache, device=device, decode_batch=t.decode_batch, intensity=None)
+    a = t.adapt
+    adapt_settings = dict(steps=a.steps, lr=a.lr, batch_size=a.batch_size, train_prompt_encoder=a.train_prompt_encoder,
+                          augment=a.augment, box_jitter=a.box_jitter)
+    return PseudoLabeler(teacher, intensity=intensity, prompts=prompts, filters=filters, ignore_label=ignore_label,
+                         seed=cfg.seed, adapt_settings=adapt_settings)
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset_json: Path, cfg,
+                       adapt_on: Path | None = None) -> Path:
+    """``semisam pseudolabel``: pseudo-labels for every ``<case>.npz`` in ``probs_dir``.
+
+    ``images_dir`` holds ``<case>_0000<ext>`` (nnU-Net naming), ``probs_dir`` what
+    ``nnUNetv2_predict --save_probabilities`` wrote (``<case>.npz`` + ``<case>.pkl``). Accepted cases get
+    ``<out_dir>/<case><ext>`` (ignore label where rejected); ``stats.json`` lists every case. Files are
+    written atomically; a rerun skips cases whose label already exists.
+    """
+    import json
+
+    from tqdm.auto import tqdm
+
+    from semisam.data import RawDataset
+    from semisam.data.raw import parse_labels
+    from semisam.student.driver import load_probabilities
+    from semisam.utils.io import write_json_atomic
+
+    for p, what in ((images_dir, "--images"), (probs_dir, "--probs")):
+        if not p.is_dir():
+            raise SemisamError(f"{what} folder {p} does not exist")
+    if not dataset_json.is_file():
+        raise SemisamError(f"--dataset-json {dataset_json} does not exist")
+    dj = json.loads(dataset_json.read_text())
+    plain, ignore = parse_labels(dj.get("labels", {}))
+    ignore = ignore if ignore is not None else max(plain.values()) + 1
+    ending = dj.get("file_ending")
+    if not ending:
+        raise SemisamError(f"{dataset_json} has no file_ending")
+    npz = sorted(probs_dir.glob("*.npz"))
+    if not npz:
+        raise SemisamError(f"no <case>.npz probability files in {probs_dir}; predict with --save_probabilities")
+    io = RawDataset(images_dir, dj, None)  # reader/writer only: this folder has no labels to read
+    labeler = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=cfg.teacher.cache_dir)
+    if adapt_on is not None and labeler.adaptable and cfg.teacher.adapt.enabled:
+        ds = RawDataset.open(adapt_on)
+        pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in ds.labeled_cases()]
+        labeler.adapt(pairs, sorted(v for v in plain.values() if v), out_dir / "adapted_teacher.pt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = {}
+    for f in tqdm(npz, desc="pseudo-labels", unit="case", file=sys.stderr):
+        case = f.name[: -len(".npz")]
+        target = out_dir / f"{case}{ending}"
+        n_ch = len(dj.get("channel_names", {"0": ""}))
+        files = [images_dir / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
+        missing = [str(x) for x in files if not x.is_file()]
+        if missing:
+            raise SemisamError(f"case {case}: image {missing[0]} does not exist")
+        image, props = io.read_image(files)
+        probs, _ = load_probabilities(f)
+        res = labeler(image, probs, case)
+        stats[case] = res.stats
+        if res.accepted and not target.exists():
+            io.write_seg(res.pseudo, props, target)
+    write_json_atomic(out_dir / "stats.json", {"cases": stats, "summary": labeler.stats.aggregate(),
+                                               "cache": labeler.cache_stats()})
+    n_acc = sum(1 for s in stats.values() if s.get("accepted"))
+    print(f"semisam pseudolabel: {n_acc}/{len(stats)} cases accepted → {out_dir}", file=sys.stderr)
+    return out_dir

@@ -1,0 +1,220 @@
+"""Tracker: metrics.json always; a real offline W&B run read back from its .wandb file; resume; disabled."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semisam.tracking import Tracker, load_nnunet_logging, nnunet_curves
+from semisam.utils.errors import SemisamError
+
+
+# --- a reader for wandb's offline transaction log (leveldb-log framing of wandb_internal_pb2.Record) -----
+# wandb 0.31 has no Python reader (its reader lives in the Go core), so the test parses the framing itself:
+# a 7-byte file header (":W&B", magic 0xBEE1, version), 32 KiB blocks, and per chunk crc32c(4) length(2)
+# type(1) with FULL=1 FIRST=2 MIDDLE=3 LAST=4. Payloads are protobuf Records from wandb.proto.
+def read_wandb_records(path: Path) -> list:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    ident, magic, _version = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B" and magic == 0xBEE1, "not a wandb transaction log"
+    block, pos, chunks, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding up to the block end
+            pos += left
+            continue
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        chunks = payload if kind in (1, 2) else chunks + payload
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+    return records
+
+
+def wait_for_records(run_folder: Path, timeout_s: float = 30.0) -> list:
+    """The run's records once its log ends with the exit record (wandb-core flushes it after finish())."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(run_folder.glob("run-*.wandb"))
+        records = read_wandb_records(files[0]) if files and files[0].stat().st_size > 7 else []
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{run_folder} has no complete transaction log after {timeout_s} s")
+        time.sleep(0.05)
+
+
+def history_rows(records) -> list[dict]:
+    rows = []
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item})
+    return rows
+
+
+def offline_runs(wandb_dir: Path, run_id: str) -> list[Path]:
+    return sorted((wandb_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def nnunet_logging(n_epochs: int, start: float) -> dict:
+    """A real nnU-Net LocalLogger filled the way nnUNetTrainer does it (numpy floats)."""
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+    logger = LocalLogger()
+    for e in range(n_epochs):
+        logger.log("epoch_start_timestamps", 100.0 + e, e)
+        logger.log("lrs", 0.01 * (1 - e / n_epochs), e)
+        logger.log("train_losses", np.float64(start - 0.1 * e), e)
+        logger.log("val_losses", np.float64(start - 0.05 * e), e)
+        logger.log("dice_per_class_or_region", [np.float64(0.5 + 0.01 * e), np.float64(0.4)], e)
+        logger.log("mean_fg_dice", np.float64(0.45 + 0.005 * e), e)
+        logger.log("ema_fg_dice", np.float64(0.45), e)
+        logger.log("epoch_end_timestamps", 101.5 + e, e)
+    return logger.get_checkpoint()
+
+
+def record(dice: float, accept: float | None) -> dict:
+    return {
+        "n_labeled": 4, "n_pseudo": 0 if accept is None else 6, "accept_rate": accept,
+        "test": {"dice_mean": dice, "hd95_mean": np.float32(3.5), "dice_per_class": {"nucleus": dice}},
+        "pseudo_quality": None, "timings": {"train_s": 10.0}, "cache": {"hits": 3, "misses": 1},
+        "note": "text is kept",
+    }
+
+
+def test_offline_run_has_the_logged_keys(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    run_dir = tmp_path / "run"
+    png = tmp_path / "g.png"
+    import matplotlib.image as mpimg
+
+    mpimg.imsave(png, np.random.default_rng(0).random((16, 16)))
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"loop": {"rounds": 2}, "seed": 7, "seed_copy": "${seed}"})  # resolved on the way
+    tracker = Tracker.create("offline", "semisam-test", run_dir, config=config, name="t", tags=["unit"])
+    tracker.log_training_curve(0, nnunet_logging(3, 1.0))
+    tracker.log_round(0, record(0.70, None))
+    tracker.log_training_curve(1, {"logging": nnunet_logging(2, 0.8)})  # checkpoint form
+    tracker.log_images(1, {"gallery": png, "array": np.zeros((8, 8, 3), np.uint8)})
+    tracker.log_round(1, record(0.75, 0.5))
+    tracker.finish()
+    run_id = tracker.run_id
+    assert "wandb sync" in capsys.readouterr().err
+
+    assert (run_dir / "wandb_run_id").read_text().strip() == run_id
+    assert not (run_dir / "wandb").exists()  # WANDB_DIR respected
+    (run_folder,) = offline_runs(tmp_path / "wb", run_id)
+    records = wait_for_records(run_folder)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds, (len(records), kinds[:5])
+    run = records[kinds.index("run")].run
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["loop"] == {"rounds": 2} and config["seed"] == 7 and config["seed_copy"] == 7
+    assert run.run_id == run_id and list(run.tags) == ["unit"] and run.display_name == "t"
+
+    rows = history_rows(records)
+    keys = set().union(*rows)
+    for key in ["round", "round/test/dice_mean", "round/test/hd95_mean", "round/test/dice_per_class/nucleus",
+                "round/accept_rate", "round/cache/hits", "round/timings/train_s", "round/note",
+                "student/train_loss", "student/val_loss", "student/pseudo_dice", "student/lr",
+                "student/epoch_s", "student/pseudo_dice/class_2", "student/global_epoch",
+                "images/gallery/path", "images/array/path", "student_by_round/val_loss_table/_type"]:
+        assert key in keys, key
+    assert [r["round/test/dice_mean"] for r in rows if "round/test/dice_mean" in r] == [0.70, 0.75]
+    # the two rounds' curves lie back to back on the global epoch axis
+    assert [r["student/global_epoch"] for r in rows if "student/train_loss" in r] == [0, 1, 2, 3, 4]
+    assert [r["student/round"] for r in rows if "student/train_loss" in r] == [0, 0, 0, 1, 1]
+    steps = [r["_step"] for r in rows]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    metric_defs = {m.metric.glob_name: m.metric.step_metric for m in records
+                   if m.WhichOneof("record_type") == "metric" and m.metric.glob_name}
+    assert metric_defs["round/*"] == "round" and metric_defs["student/*"] == "student/global_epoch"
+    assert len(list(run_folder.rglob("files/media/images/**/*.png"))) == 2
+
+    # metrics.json is the source of truth and holds all of it
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
+    assert metrics["rounds"][0]["test"]["hd95_mean"] == 3.5 and metrics["rounds"][0]["note"] == "text is kept"
+    assert metrics["training_curves"]["1"]["train_loss"] == pytest.approx([0.8, 0.7])
+    assert Path(metrics["images"]["1"]["array"]).is_file()
+    assert metrics["summary"]["best/round"] == 1
+    assert metrics["summary"]["best/delta_vs_round0"] == pytest.approx(0.05)
+
+
+def test_resume_continues_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    run_dir = tmp_path / "run"
+    first = Tracker.create("offline", "semisam-test", run_dir, config={"a": 1}, name="r", tags=None)
+    first.log_round(0, record(0.6, None))
+    first.finish()
+    second = Tracker.create("offline", "semisam-test", run_dir, config={"a": 1}, name="r", tags=None)
+    assert second.run_id == first.run_id
+    second.log_round(0, record(0.65, None))  # a round redone after a crash replaces its record
+    second.log_round(1, record(0.7, 0.4))
+    second.finish()
+
+    folders = offline_runs(tmp_path / "wb", first.run_id)
+    assert len(folders) == 2
+    steps = [[r["_step"] for r in history_rows(wait_for_records(f))]
+             for f in folders]
+    assert max(steps[0]) < min(steps[1])  # no step restarts at 0 after an offline resume
+    assert [(r["round"], r["test"]["dice_mean"]) for r in second.records] == [(0, 0.65), (1, 0.7)]
+    assert Tracker.create("disabled", "p", tmp_path / "other", resume_id="abc").run_id is None
+
+
+def test_disabled_writes_metrics_but_no_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    run_dir = tmp_path / "run"
+    with Tracker.create("disabled", "semisam-test", run_dir, config={"a": 1}) as tracker:
+        curves = tracker.log_training_curve(0, nnunet_logging(2, 1.0))
+        tracker.log_round(0, record(0.5, None))
+        tracker.log_images(0, {"grey": np.random.default_rng(0).random((8, 8))})
+        tracker.summary({"final": {"dice": 0.5}})
+    assert set(curves) >= {"train_loss", "pseudo_dice/class_1", "epoch_s"}
+    assert not (tmp_path / "wb").exists() and not (run_dir / "wandb").exists()
+    assert not (run_dir / "wandb_run_id").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["rounds"][0]["test"]["dice_mean"] == 0.5
+    assert metrics["summary"]["final/dice"] == 0.5
+    assert (run_dir / "images" / "r00_grey.png").stat().st_size > 0
+
+
+def test_online_without_key_and_unknown_mode_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    with pytest.raises(SemisamError, match=r"needs an account: run `wandb login`.*logger.wandb=offline"):
+        Tracker.create("online", "semisam-test", tmp_path / "run")
+    with pytest.raises(SemisamError, match="did you mean 'offline'"):
+        Tracker.create("ofline", "semisam-test", tmp_path / "run")
+
+
+def test_nnunet_curves_and_checkpoint(tmp_path):
+    import torch
+
+    logging = nnunet_logging(4, 1.0)
+    logging["train_losses"].append(np.float64(0.1))  # an epoch half-logged when training stopped
+    curves = nnunet_curves(logging)
+    assert {len(v) for v in curves.values()} == {4}
+    assert curves["epoch_s"] == pytest.approx([1.5] * 4)
+    assert curves["pseudo_dice/class_1"][3] == pytest.approx(0.53)
+    torch.save({"network_weights": {}, "logging": logging}, tmp_path / "checkpoint_final.pth")
+    loaded = load_nnunet_logging(tmp_path / "checkpoint_final.pth")
+    assert nnunet_curves(loaded) == curves
+    with pytest.raises(SemisamError, match="does not exist"):
+        load_nnunet_logging(tmp_path / "missing.pth")
