@@ -367,7 +367,7 @@ def _reader_for(file_ending: str, example: Path):
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
     try:
-        with _quiet(), contextlib.redirect_stderr(open(os.devnull, "w")):
+        with _quiet(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             return determine_reader_writer_from_file_ending(file_ending, str(example), verbose=False)()
     except RuntimeError:
         raise SemisamError(f"nnU-Net cannot read {example}") from None
@@ -442,7 +442,7 @@ def write_raw_dataset(out_dir: str | os.PathLike, *, name: str, cases: Sequence[
                       test_cases: Sequence[CaseData] = (), labels: Mapping[str, int], file_ending: str,
                       channel_names: Mapping[str | int, str], split: Split, overwrite: bool = False,
                       verify: bool = False, description: str | None = None,
-                      extra_json: Mapping[str, Any] | None = None) -> Path:
+                      extra_json: Mapping[str, Any] | None = None, allow_ignore: bool = False) -> Path:
     """Write a complete raw dataset atomically: the one code path every data_prep source uses.
 
     Everything goes into a temporary sibling folder that is renamed to ``out_dir`` only when complete and
@@ -462,6 +462,9 @@ def write_raw_dataset(out_dir: str | os.PathLike, *, name: str, cases: Sequence[
         verify: also run :func:`check_raw_dataset` (nnU-Net's verify_dataset_integrity) before the rename.
         description: free text for dataset.json.
         extra_json: more dataset.json keys.
+        allow_ignore: labels may contain the ignore label (``max + 1``): nnU-Net's partial labels, e.g.
+            pseudo-labels whose rejected pixels are ignored. Off for source datasets, where that value is
+            an undeclared label.
 
     Returns:
         ``out_dir``.
@@ -475,6 +478,8 @@ def write_raw_dataset(out_dir: str | os.PathLike, *, name: str, cases: Sequence[
     out_dir = Path(out_dir)
     plain, ignore = parse_labels(labels)
     allowed = set(plain.values())
+    if allow_ignore:  # partially labeled cases: semisam's pseudo-labels carry it on rejected pixels
+        allowed.add(len(plain))
     natural_2d = file_ending.lower() in NATURAL_2D_ENDINGS
     if not file_ending.lower().endswith(NATURAL_2D_ENDINGS + SITK_ENDINGS):
         raise SemisamError(f"unsupported file ending {file_ending}; use one of {NATURAL_2D_ENDINGS + SITK_ENDINGS}")

@@ -77,13 +77,14 @@ def run_experiment(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) the experiment described by a validated recipe; returns the final summary."""
     from semisam.loop.rounds import Experiment
 
+    dataset = RawDataset.open(cfg.dataset.raw_dir)  # bad input fails here, before anything is written
+    cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
     run_dir = Path(cfg.run_dir)
-    config_dict = to_dict(cfg)
-    state = RunState(run_dir, config_fingerprint(config_dict), restart=cfg.restart)
+    state = RunState(run_dir, config_fingerprint(to_dict(cfg)), restart=cfg.restart)
     if state.resumed:
         say(f"resuming {run_dir} from its last complete step (restart=true starts over)")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    return Experiment(cfg, state).run()
+    return Experiment(cfg, state, dataset, cases).run()
 
 
 def copy_plans(src_plans: Path, dst_preprocessed: Path, dataset_name: str) -> Path:

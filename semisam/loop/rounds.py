@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from semisam.data import RawDataset
 from semisam.data.raw import CaseData, write_raw_dataset
 from semisam.data.split import Split
 from semisam.loop.evaluation import evaluate_students_cases, pseudo_quality
-from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, say, split_cases
+from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, say
 from semisam.loop.state import RunState
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import write_json_atomic
@@ -23,12 +25,12 @@ from semisam.utils.io import write_json_atomic
 class Experiment:
     """A run folder's rounds. Each public step is recorded in the manifest when complete."""
 
-    def __init__(self, cfg: RunConfig, state: RunState):
+    def __init__(self, cfg: RunConfig, state: RunState, dataset: RawDataset, cases: Cases):
         self.cfg = cfg
         self.state = state
         self.run_dir = state.run_dir
-        self.dataset = RawDataset.open(cfg.dataset.raw_dir)
-        self.cases = split_cases(self.dataset, cfg.dataset.num_val, cfg.seed)
+        self.dataset = dataset
+        self.cases = cases
         if not self.cases.test:
             say("the dataset has no test cases (imagesTs/labelsTs): rounds are reported without test Dice")
         self.labels = dict(self.dataset.labels)
@@ -117,7 +119,8 @@ class Experiment:
     # ------------------------------------------------------------------------------------------ steps
     def build_round_dataset(self, r: int, accepted: dict[str, str]) -> dict:
         """labeled (minus validation) ∪ accepted pseudo-labeled cases, as an nnU-Net raw dataset."""
-        out = self.round_dir(r) / "dataset" / f"Dataset{self.cfg.dataset.dataset_id:03d}_{self.dataset.name}"
+        name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
+        out = self.round_dir(r) / "dataset" / f"Dataset{self.cfg.dataset.dataset_id:03d}_{name}"
         remove_tree(out)
         cases = [CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file) for c in self.cases.train]
         by_id = {c.case_id: c for c in self.cases.unlabeled}
@@ -127,7 +130,8 @@ class Experiment:
         dj = self.dataset.dataset_json
         write_raw_dataset(out, name=self.dataset.name, cases=cases, labels=self.labels,
                           file_ending=self.dataset.file_ending, channel_names=dj["channel_names"], split=split,
-                          description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled")
+                          description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled",
+                          allow_ignore=True)
         return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted)}
 
     def preprocess(self, r: int) -> dict:
@@ -145,7 +149,9 @@ class Experiment:
 
             name = student.dataset_name(ds_id)
             pre = student.paths.preprocessed / name
-            plans = copy_plans(Path(self.state.result("r0/preprocess")["plans"]), pre, name)
+            r0_plans = Path(self.state.result("r0/preprocess")["plans"])
+            plans = copy_plans(r0_plans, pre, name)
+            shutil.copyfile(r0_plans.parent / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
             (pre / "dataset.json").write_text((raw_dir / "dataset.json").read_text())
             with student.env():
                 preprocess([ds_id], PLANS, configurations=(conf,), num_processes=[self.cfg.student.num_processes],

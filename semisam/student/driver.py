@@ -11,10 +11,11 @@ Typical use::
     model = student.train(dataset_id, "2d", "all", epochs=30, iterations_per_epoch=30,
                           val_iterations_per_epoch=5)
     segs = student.predict(model, "data/Dataset501_Nuclei/imagesTs", out_dir, save_probabilities=True)
-    probs_kzyx, props = load_probabilities(segs[0].with_suffix("").with_suffix(".npz"))
+    student_probs, props = load_probabilities(probabilities_file(segs[0]))  # (K, Z, Y, X)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -70,8 +71,6 @@ class NnUNetStudent:
     def env(self, results_dir: str | os.PathLike | None = None):
         """The nnU-Net environment of this student (a context manager); ``results_dir`` replaces
         ``nnUNet_results`` inside it."""
-        import contextlib
-
         @contextlib.contextmanager
         def _env():
             with nnunet_env(self.work_dir, n_proc_da=self.n_proc_da) as paths:
@@ -219,21 +218,25 @@ class NnUNetStudent:
     def predict(self, model_folder: str | os.PathLike, inputs: "str | os.PathLike | list[list[str | os.PathLike]]",
                 output_dir: str | os.PathLike, save_probabilities: bool = False,
                 checkpoint: str = "checkpoint_final.pth", fold: int | str = "all",
-                use_mirroring: bool = True, tile_step_size: float = 0.5) -> list[Path]:
+                use_mirroring: bool = True, tile_step_size: float = 0.5, overwrite: bool = False) -> list[Path]:
         """Predict cases with nnU-Net's sliding-window predictor, sequentially (no process pools).
 
         Args:
             model_folder: as returned by :meth:`train`.
             inputs: a folder of ``<case>_0000<ext>`` files, or one list of channel files per case.
             output_dir: receives ``<case><ext>`` (and ``<case>.npz`` + ``<case>.pkl`` with
-                probabilities); written as a whole (a temporary folder renamed at the end), replacing an
-                existing folder.
+                probabilities) and nnU-Net's ``dataset.json``/``plans.json``/``predict_from_raw_data_args.json``;
+                written as a whole (a temporary folder renamed at the end): after a crash it does not exist.
             save_probabilities: also write the class probabilities (see :func:`load_probabilities`).
             checkpoint, fold: which weights.
             use_mirroring, tile_step_size: nnU-Net's test-time mirroring and sliding-window overlap.
+            overwrite: replace an existing ``output_dir`` (with everything in it); otherwise it is an error.
 
         Returns:
             The segmentation files, in input order.
+
+        Raises:
+            SemisamError: missing checkpoint or input files, ``output_dir`` exists without ``overwrite``.
         """
         predictor = self.load_predictor(model_folder, checkpoint=checkpoint, fold=fold,
                                         use_mirroring=use_mirroring, tile_step_size=tile_step_size)
@@ -254,7 +257,7 @@ class NnUNetStudent:
                     raise SemisamError(f"input image {f} does not exist")
         case_ids = [os.path.basename(case[0])[: -(len(file_ending) + 5)] for case in lists]
         output_dir = Path(output_dir).absolute()
-        with self.env(), atomic_dir(output_dir, overwrite=True) as tmp:
+        with self.env(), atomic_dir(output_dir, overwrite=overwrite) as tmp:
             predictor.predict_from_files_sequential(lists, str(tmp), save_probabilities=save_probabilities,
                                                     overwrite=True)
         return [output_dir / f"{c}{file_ending}" for c in case_ids]
@@ -263,9 +266,9 @@ class NnUNetStudent:
                        fold: int | str = "all", use_mirroring: bool = True, tile_step_size: float = 0.5):
         """An initialised ``nnUNetPredictor`` for a trained model folder.
 
-        The network is rebuilt with nnU-Net's own builder from the saved plans; the trainer class is not
-        looked up by name (nnU-Net's lookup imports every trainer module, and needs ``nnUNet_extTrainer``
-        for ours).
+        The network is rebuilt with nnU-Net's own builder from the saved plans. For checkpoints of
+        ``nnUNetTrainer`` or ``nnUNetTrainerSemiSAM`` the trainer class is not looked up by name (nnU-Net's
+        lookup imports every trainer module, and needs ``nnUNet_extTrainer`` for ours); other trainers are.
         """
         from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -282,7 +285,13 @@ class NnUNetStudent:
         plans_manager = PlansManager(load_json(str(model_folder / "plans.json")))
         dataset_json = load_json(str(model_folder / "dataset.json"))
         configuration_manager = plans_manager.get_configuration(ckpt["init_args"]["configuration"])
-        network = nnUNetTrainerSemiSAM.build_network_architecture(
+        trainer_name = ckpt.get("trainer_name", TRAINER_NAME)
+        trainer_class = nnUNetTrainerSemiSAM
+        if trainer_name not in ("nnUNetTrainer", TRAINER_NAME):  # another trainer may build another network
+            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+            trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        network = trainer_class.build_network_architecture(
             plans_manager, configuration_manager,
             determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
             plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
@@ -296,7 +305,7 @@ class NnUNetStudent:
                                     device=self.device, verbose=False, verbose_preprocessing=False,
                                     allow_tqdm=False)
         predictor.manual_initialization(network.to(self.device), plans_manager, configuration_manager,
-                                        [weights], dataset_json, ckpt.get("trainer_name", TRAINER_NAME),
+                                        [weights], dataset_json, trainer_name,
                                         ckpt.get("inference_allowed_mirroring_axes"))
         return predictor
 
@@ -332,6 +341,19 @@ def load_probabilities(npz_file: str | os.PathLike) -> tuple[np.ndarray, dict]:
         with open(pkl, "rb") as f:  # our own output folder (nnU-Net's properties are a plain pickle)
             properties = pickle.load(f)
     return probs, properties
+
+
+def probabilities_file(seg_file: str | os.PathLike) -> Path:
+    """The ``<case>.npz`` written beside a segmentation ``<case><ext>`` by :meth:`NnUNetStudent.predict`
+    (the file ending is read from the ``dataset.json`` nnU-Net writes into the output folder)."""
+    import json
+
+    seg_file = Path(seg_file)
+    dj = seg_file.parent / "dataset.json"
+    ending = json.loads(dj.read_text())["file_ending"] if dj.is_file() else "".join(seg_file.suffixes)
+    if not seg_file.name.endswith(ending):
+        raise SemisamError(f"{seg_file} does not end with the dataset's file ending {ending}")
+    return seg_file.with_name(seg_file.name[: -len(ending)] + ".npz")
 
 
 def _check_fold(fold: int | str) -> int | str:

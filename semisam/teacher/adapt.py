@@ -119,7 +119,7 @@ def bce_dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Te
 class _View:
     """One (augmented) training view: cached embedding, its transform, prompt targets."""
 
-    embedding: torch.Tensor  # (1, C, 64, 64)
+    embedding: torch.Tensor  # (1, C, h_e, w_e)
     info: TransformInfo
     boxes_xyxy: np.ndarray  # (m, 4)
     masks: np.ndarray  # (m, H, W) bool

@@ -44,7 +44,7 @@ def image_digest(image_2d: np.ndarray) -> str:
 
 
 def default_compute(model: "SamModel") -> ComputeFn:
-    """``image01 (H, W) -> (embedding (1, C, 64, 64) on CPU, TransformInfo)`` with ``model``'s own rule."""
+    """``image01 (H, W) -> (embedding (1, C, h_e, w_e) on CPU, TransformInfo)`` with ``model``'s own rule."""
 
     def compute(image01: np.ndarray) -> tuple[torch.Tensor, TransformInfo]:
         x, info = model.preprocess(image01)
@@ -87,7 +87,7 @@ class EmbeddingCache:
 
     def get_or_compute(self, image_2d: np.ndarray, model: "SamModel",
                        compute_fn: ComputeFn | None = None) -> tuple[torch.Tensor, TransformInfo]:
-        """Return ``(embedding (1, C, 64, 64) CPU tensor, TransformInfo)``, computing it at most once.
+        """Return ``(embedding (1, C, h_e, w_e) CPU tensor, TransformInfo)``, computing it at most once.
 
         Args:
             image_2d: the intensity-mapped ``(H, W)`` float image, exactly as it will be encoded.

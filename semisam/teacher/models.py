@@ -102,7 +102,7 @@ class SamModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` model input → image embedding ``(B, embed_dim, 64, 64)`` on the model's device."""
+        """``(B, 3, S, S)`` model input → image embedding ``(B, embed_dim, *embedding_hw)`` on the model's device."""
         return self.image_encoder(x.to(self.device))
 
 
@@ -345,16 +345,17 @@ TINY_SEED = 0
 def _tiny_modules() -> tuple[nn.Module, nn.Module, nn.Module]:
     m = _sam_modeling()
     image_encoder = m.ImageEncoderViT(
-        img_size=256, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0,
-        out_chans=32, window_size=8,
+        img_size=256, patch_size=16, in_chans=3, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
+        out_chans=32, window_size=0,
     )
-    prompt_encoder, mask_decoder = _prompt_and_decoder(32, 64, 256, 4, depth=1, mlp_dim=64, num_heads=2)
+    prompt_encoder, mask_decoder = _prompt_and_decoder(32, 16, 256, 4, depth=1, mlp_dim=64, num_heads=2)
     return image_encoder, prompt_encoder, mask_decoder
 
 
 @TEACHERS.register("tiny_random")
 def build_tiny_random(checkpoint: str | None, device: torch.device) -> SamModel:
-    """A tiny random-weight SAM (seed 0, 256-px input, 32x64x64 embedding, SAM preprocessing).
+    """A tiny random-weight SAM (seed 0, 256-px input, SAM preprocessing, a 32 x 16 x 16 embedding and so
+    64 x 64 low-res masks / ``mask_inputs``: code must use ``spec.lowres_size``, never a literal 256).
 
     For tests and plumbing benchmarks only: its masks are meaningless until adapted. With a checkpoint it
     loads that state dict through the same strict loader as the real models.

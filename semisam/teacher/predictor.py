@@ -63,7 +63,7 @@ def decode_prompts(
 
     Args:
         model: the teacher.
-        embedding: ``(1, C, 64, 64)`` image embedding on the model's device.
+        embedding: ``(1, C, h_e, w_e)`` image embedding on the model's device.
         boxes_in: ``(n, 4)`` XYXY boxes in model-input pixels, or None.
         points_in: ``(n, P, 2)`` XY points in model-input pixels, or None (with ``point_labels`` ``(n, P)``).
         mask_inputs: ``(n, 1, L, L)`` low-res logits, or None.
@@ -131,11 +131,11 @@ class SamTeacher:
         return check_unit_image(image_2d) if self.intensity is None else self.intensity.apply(image_2d)
 
     def embed_with_info(self, image_2d: np.ndarray) -> tuple[torch.Tensor, TransformInfo]:
-        """``(H, W)`` image → ``(embedding (1, C, 64, 64) on CPU, TransformInfo)``, cached."""
+        """``(H, W)`` image → ``(embedding (1, C, h_e, w_e) on CPU, TransformInfo)``, cached."""
         return self.cache.get_or_compute(self.map_image(image_2d), self.model)
 
     def embed(self, image_2d: np.ndarray) -> torch.Tensor:
-        """``(H, W)`` image → image embedding ``(1, C, 64, 64)`` (CPU tensor), cached."""
+        """``(H, W)`` image → image embedding ``(1, C, h_e, w_e)`` (CPU tensor), cached."""
         return self.embed_with_info(image_2d)[0]
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 
 import semisam.nnunet.trainer as trainer_module
 from semisam.nnunet.trainer import CONFIG_ENV_VAR, TrainerOverrides, nnUNetTrainerSemiSAM, read_checkpoint
-from semisam.student import NnUNetStudent, link_raw_dataset, load_probabilities, nnunet_env
+from semisam.student import NnUNetStudent, link_raw_dataset, load_probabilities, nnunet_env, probabilities_file
 from semisam.utils.errors import SemisamError
 
 EPOCHS, ITERS, VAL_ITERS, LR = 2, 3, 1, 0.005
@@ -54,7 +54,8 @@ def test_predictions_probabilities_and_evaluation(trained):
     segs, ds = trained["test_segs"], trained["ds"]
     assert [s.name for s in segs] == ["test_000.png", "test_001.png"]
     for seg_file in segs:
-        probs, props = load_probabilities(seg_file.parent / (seg_file.name[: -len(".png")] + ".npz"))
+        assert probabilities_file(seg_file) == seg_file.with_suffix(".npz")
+        probs, props = load_probabilities(probabilities_file(seg_file))
         assert probs.shape == (2, 1, 64, 64) and probs.dtype == np.float32  # (K, Z, Y, X)
         np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
         assert props["spacing"] is not None
@@ -123,6 +124,14 @@ def test_init_checkpoint_loads_the_previous_weights(trained):
     torch.save({"network_weights": broken}, bad)
     with pytest.raises(SemisamError, match="another network"):
         _trainer(trained, TrainerOverrides(init_checkpoint=str(bad)))
+    # the next round's path: fine-tune into its own results folder
+    round_dir = trained["root"] / "round1"
+    model = trained["student"].train(trained["dataset_id"], "2d", "all", epochs=1, iterations_per_epoch=1,
+                                     val_iterations_per_epoch=1, init_checkpoint=ckpt_file, results_dir=round_dir)
+    assert model == round_dir / "Dataset910_Blobs" / "nnUNetTrainerSemiSAM__nnUNetPlans__2d"
+    assert read_checkpoint(model / "fold_all" / "checkpoint_final.pth")["current_epoch"] == 1
+    log = next((model / "fold_all").glob("training_log_*.txt")).read_text()
+    assert f"initial weights from {ckpt_file}" in log
 
 
 @pytest.mark.slow
@@ -159,6 +168,8 @@ def test_user_errors(trained, tmp_path):
     with pytest.raises(SemisamError, match="does not exist"):
         student.predict(trained["model"], [[tmp_path / "nope_0000.png"]], tmp_path / "p")
     assert not (tmp_path / "p").exists()
+    with pytest.raises(SemisamError, match="already exists"):
+        student.predict(trained["model"], trained["raw"] / "imagesTs", trained["root"] / "pred_test")
 
 
 # ---------------------------------------------------------------- fast tests (no training)

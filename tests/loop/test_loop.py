@@ -1,0 +1,179 @@
+"""The loop end to end through the real `semisam run` command: tiny synthetic data, a real nnU-Net student,
+the tiny random SAM teacher; resume after an interruption; the honesty guarantee; bad input."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from wandb_files import history_rows, wait_for_records
+
+from data_prep.synthetic import make_synthetic
+from semisam.data import RawDataset, check_raw_dataset
+
+SEMISAM = [sys.executable, "-m", "semisam"]
+
+
+def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, check: bool = True, timeout: int = 900):
+    env = {**os.environ, "nnUNet_n_proc_DA": "0", "WANDB_MODE": "", **(env_extra or {})}
+    env.pop("WANDB_MODE")  # the recipe's logger group decides
+    proc = subprocess.run(SEMISAM + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"semisam {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loopdata")
+    return make_synthetic(root / "Dataset900_Synthetic", n_train=8, n_labeled=2, n_test=3, seed=3)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_rounds_end_to_end_with_wandb_offline(synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}",
+                    "logger=offline", "loop.stop_when_no_new=false"], cwd=tmp_path,
+                   env_extra={"WANDB_DIR": str(tmp_path / "wb")})
+    steps = manifest(run_dir)["steps"]
+    for step in ("r0/train", "r0/evaluate", "r0/predict_unlabeled", "r1/teacher", "r1/train", "r1/predict_unlabeled",
+                 "r2/teacher", "r2/train", "r2/evaluate"):
+        assert step in steps, step
+    assert "r2/predict_unlabeled" not in steps  # the last round has no teacher after it
+    # the round's training set is a valid nnU-Net dataset: labeled + accepted pseudo-labeled cases
+    teach = steps["r1/teacher"]["result"]
+    assert teach["n_candidates"] == 6 and 0 < len(teach["accepted"]) <= 6
+    round_raw = Path(steps["r1/dataset"]["result"]["raw_dir"])
+    ds = check_raw_dataset(round_raw, nnunet=True)
+    assert len(ds.labeled_cases()) == 2 + len(teach["accepted"])
+    assert all(Path(f).is_file() for f in teach["files"].values())
+    # pseudo-label quality was measured against labelsHidden (analysis only)
+    assert teach["pseudo_quality"]["n_cases"] == 6 and teach["pseudo_quality"]["student_dice"] is not None
+    # reports on disk
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    report = (run_dir / "report.md").read_text()
+    assert "| 0 " in report and "| 2 " in report
+    for png in ("plots/test_dice.png", "plots/accept_rate.png", "round_01/gallery.png"):
+        assert (run_dir / png).stat().st_size > 1000, png
+    assert "| round | training set | test Dice" in proc.stdout  # the final table
+    # the W&B offline run holds what users look for
+    run_folder = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    records = wait_for_records(run_folder)
+    keys = set().union(*[row.keys() for row in history_rows(records)])
+    for key in ("round/test/dice_mean", "round/accept_rate", "round/pseudo_quality/student_dice",
+                "round/n_added", "round/cache/misses", "round/timings/train_s", "student/train_loss",
+                "student/val_loss", "student/pseudo_dice"):
+        assert key in keys, key
+    assert any(k.startswith("images/gallery/") for k in keys)  # a wandb.Image is logged as a nested record
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["teacher"]["name"] == "tiny_random" and config["dataset"]["raw_dir"] == str(synthetic)
+    # the embedding cache served round 2 from disk/memory (the image encoder ran once per image per run)
+    cache2 = steps["r2/teacher"]["result"]["cache"]
+    assert cache2["misses"] == steps["r1/teacher"]["result"]["cache"]["misses"]
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_the_last_complete_step(synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}", "loop.max_rounds=1"]
+    env = {**os.environ, "nnUNet_n_proc_DA": "0"}
+    proc = subprocess.Popen(SEMISAM + args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run_dir / "manifest.json").is_file() and "r0/train" in manifest(run_dir)["steps"]:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # a hard interruption: no cleanup code runs
+    proc.wait()
+    before = manifest(run_dir)["steps"]
+    assert "r0/train" in before and "r1/train" not in before
+    model = Path(before["r0/train"]["result"]["model"]) / "fold_all" / "checkpoint_final.pth"
+    stamp = model.stat().st_mtime_ns
+    out = run_cli(args, cwd=tmp_path)
+    assert "resuming" in out.stderr
+    after = manifest(run_dir)["steps"]
+    assert model.stat().st_mtime_ns == stamp  # round 0 was not trained again
+    assert after["r0/train"] == before["r0/train"]
+    assert {"r1/teacher", "r1/train", "r1/evaluate"} <= set(after)
+    # rerunning a finished run changes nothing; restart=true starts over
+    again = run_cli(args, cwd=tmp_path)
+    assert manifest(run_dir)["steps"] == after and "round 1" not in again.stderr.split("resuming", 1)[1].split("stopped")[0]
+    assert (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_pseudo_labels_do_not_depend_on_hidden_labels(synthetic, tmp_path):
+    """Honesty: poison labelsHidden with random labels, redo the teacher step: byte-identical pseudo-labels."""
+    data = tmp_path / "Dataset900_Synthetic"
+    shutil.copytree(synthetic, data)
+    run_dir = tmp_path / "run"
+    # agree fusion with SAM's masks in play; accept every case so that every pseudo-label is written
+    args = ["run", "experiment=smoke", f"dataset.raw_dir={data}", f"run_dir={run_dir}", "loop.max_rounds=1",
+            "filters=agree", "filters.case_min_accept=0.0"]
+    run_cli(args, cwd=tmp_path)
+    steps = manifest(run_dir)["steps"]
+    files = steps["r1/teacher"]["result"]["files"]
+    assert len(files) == 6
+    truth = {c: Path(f).read_bytes() for c, f in files.items()}
+    quality_true = steps["r1/teacher"]["result"]["pseudo_quality"]
+
+    ds = RawDataset.open(data)
+    rng = np.random.default_rng(0)
+    for case in ds.unlabeled_cases():
+        hidden = ds.hidden_label_file(case.case_id)
+        seg, props = ds.read_seg(hidden)
+        ds.write_seg(rng.integers(0, 2, seg.shape[1:]).astype(np.uint8), props, hidden)
+    # forget the teacher step and everything after it; the student's predictions stay as they were
+    m = manifest(run_dir)
+    m["steps"] = {k: v for k, v in m["steps"].items() if not k.startswith("r1/")}
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+    shutil.rmtree(run_dir / "round_01")
+    run_cli(args, cwd=tmp_path)
+    steps = manifest(run_dir)["steps"]
+    assert {c: Path(f).read_bytes() for c, f in steps["r1/teacher"]["result"]["files"].items()} == truth
+    # the evaluation did read the poisoned labels: the quality numbers moved, the pseudo-labels did not
+    assert steps["r1/teacher"]["result"]["pseudo_quality"]["student_dice"] != quality_true["student_dice"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, synthetic):
+    cases = [
+        (["run", "experiment=smoke", f"dataset.raw_dir={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r1'}"],
+         "does not exist"),
+        (["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", "filters.iou_tresh=0.5"], "did you mean"),
+        (["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", "filters.iou_thresh=1.5"], "filters.iou_thresh"),
+    ]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases.append((["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={blocker / 'run'}"],
+                  "not writable"))
+    for args, expected in cases:
+        proc = run_cli(args, cwd=tmp_path, check=False, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert lines[-1].startswith("error: ") and expected in lines[-1], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r1").exists()
+
+
+def test_a_run_folder_of_another_recipe_is_refused(tmp_path, synthetic):
+    from semisam.loop.state import RunState
+
+    RunState(tmp_path / "run", "aaaa")
+    proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={tmp_path / 'run'}"],
+                   cwd=tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2 and "restart=true" in proc.stderr
