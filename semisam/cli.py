@@ -3,6 +3,7 @@
     semisam run [experiment=<name>] [key=value ...]     the semi-supervised loop from a recipe
     semisam pseudolabel --images DIR --probs DIR ...    refine a trained nnU-Net's predictions with SAM
     semisam evaluate --pred DIR --gt DIR ...            Dice / HD95 tables (monai.metrics)
+    semisam bench --raw-dir DIR --work-dir DIR          does the teacher beat the student? (measured)
     semisam nnunet <nnUNetv2_command> [args ...]         nnU-Net's own commands, torchvision-safe
 
 Bad input ends with one ``error: ...`` line on stderr and exit status 2; nothing half-written is left.
@@ -52,6 +53,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from semisam.bench import run
+
+    run(args)
+    return 0
+
+
 def _cmd_nnunet(args: argparse.Namespace) -> int:
     from semisam.nnunet.__main__ import run_nnunet_command
 
@@ -88,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset-json", required=True)
     ev.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
     ev.set_defaults(fn=_cmd_evaluate)
+
+    from semisam.bench import build_parser as bench_parser
+
+    bp = sub.add_parser("bench", help="measure the teacher against the student's own pseudo-labels (hidden labels)")
+    bench_parser(bp)
+    bp.set_defaults(fn=_cmd_bench)
 
     nn = sub.add_parser("nnunet", help="run an nnUNetv2_* command with semisam's compat and trainers active")
     nn.add_argument("command", help="e.g. nnUNetv2_train")

@@ -133,7 +133,8 @@ def test_seam_prompts_to_tiny_teacher_to_filters_to_fusion():
     (_, probs_slice), = list(iter_slices(probs, 0))
     objects = extract_objects(probs_slice, split_instances=True)
     batch = make_prompts(objects, probs_slice.shape[1:], positive_points=1, negative_points=2,
-                         mask_prompt=True, student_probs_slice=probs_slice, rng=0)
+                         mask_prompt=True, student_probs_slice=probs_slice, rng=0,
+                         mask_size=teacher.model.spec.lowres_size)  # the model decides the low-res size
     pred = teacher.predict(image, batch.boxes_xyxy, batch.points_xy, batch.point_labels, batch.mask_inputs)
     assert pred.masks.shape == batch.object_masks.shape == (2, 48, 64)
     np.testing.assert_allclose(stability_score(pred.logits, 1.0), pred.stability, atol=1e-6)

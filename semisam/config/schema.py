@@ -143,7 +143,7 @@ class PromptsConfig:
     split_instances: bool = False  # split touching objects (distance-transform watershed)
     split_min_distance: int = bounded(3, 1)
     slice_axis: int = bounded(0, 0, 2)  # 3D: the (Z, Y, X) axis sliced for 2D SAM
-    overlap: str = choice("argmax", "argmax", "first", "ignore")  # where two objects' masks overlap
+    overlap: str = choice("argmax", "argmax")  # multi-class rule: argmax over classes (see semisam.prompts)
 
 
 @dataclass

@@ -102,12 +102,13 @@ class RawDataset:
     unlabeled, and ``imagesTs`` cases with a ``labelsTs`` label are the test cases.
     """
 
-    def __init__(self, root: Path, dataset_json: dict, split: Split | None):
+    def __init__(self, root: Path, dataset_json: dict, split: Split | None, example_file: Path | None = None):
         self.root = Path(root)
         self.dataset_json = dataset_json
         self.split = split
         self._labels, self._ignore = parse_labels(dataset_json.get("labels"), f"{self.root / 'dataset.json'} labels")
         self._rw = None
+        self._example = example_file  # picks nnU-Net's reader when root is not a raw dataset folder
 
     @classmethod
     def open(cls, raw_dir: str | os.PathLike) -> "RawDataset":
@@ -251,7 +252,7 @@ class RawDataset:
         if self._rw is None:
             from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-            example = next(iter(self._train_images().values()), (None,))[0]
+            example = self._example or next(iter(self._train_images().values()), (None,))[0]
             with _quiet():
                 cls = determine_reader_writer_from_dataset_json(
                     self.dataset_json, None if example is None else str(example), verbose=False)

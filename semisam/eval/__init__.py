@@ -7,7 +7,7 @@ from semisam.eval.metrics import (
     labels_from_dataset_json,
     summarize,
 )
-from semisam.eval.report import markdown_table, write_report
+from semisam.eval.report import evaluate_folders, markdown_table, write_report
 
 __all__ = ["case_metrics", "class_metrics", "evaluate_arrays", "evaluate_segmentations",
-           "labels_from_dataset_json", "markdown_table", "summarize", "write_report"]
+           "labels_from_dataset_json", "markdown_table", "summarize", "write_report", "evaluate_folders"]

@@ -45,3 +45,34 @@ def write_report(metrics: dict, out_dir: str | os.PathLike, title: str | None = 
     with atomic_write_path(md_path) as tmp:
         tmp.write_text(markdown_table(metrics, title))
     return json_path, md_path
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, dataset_json: Path, out_dir: Path) -> dict:
+    """``semisam evaluate``: every ``<case><ext>`` of ``gt_dir`` against the same name in ``pred_dir``.
+
+    Writes ``metrics.json`` and ``metrics.md`` into ``out_dir`` and prints the table.
+
+    Raises:
+        SemisamError: a folder or dataset.json is missing, no ground truth files, a prediction is missing.
+    """
+    import json
+
+    from semisam.eval.metrics import evaluate_segmentations, labels_from_dataset_json
+    from semisam.utils.errors import SemisamError
+
+    for p, what in ((pred_dir, "--pred"), (gt_dir, "--gt")):
+        if not Path(p).is_dir():
+            raise SemisamError(f"{what} folder {p} does not exist")
+    if not Path(dataset_json).is_file():
+        raise SemisamError(f"--dataset-json {dataset_json} does not exist")
+    dj = json.loads(Path(dataset_json).read_text())
+    labels, ignore = labels_from_dataset_json(dj)
+    ending = dj["file_ending"]
+    gts = sorted(Path(gt_dir).glob(f"*{ending}"))
+    if not gts:
+        raise SemisamError(f"no ground truth files ending in {ending} in {gt_dir}")
+    pairs = [(g.name[: -len(ending)], Path(pred_dir) / g.name, g) for g in gts]
+    metrics = evaluate_segmentations(pairs, labels, ignore, file_ending=ending)
+    _, md = write_report(metrics, out_dir, title=f"{pred_dir} vs {gt_dir}")
+    print(md.read_text(), end="")
+    return metrics

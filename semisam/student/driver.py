@@ -24,23 +24,12 @@ from typing import Sequence
 import numpy as np
 
 from semisam.student.env import NnUNetPaths, link_raw_dataset, nnunet_env
+from semisam.utils.device import resolve_device
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import atomic_dir
 
 TRAINER_NAME = "nnUNetTrainerSemiSAM"
 DEFAULT_PLANS = "nnUNetPlans"
-
-
-def resolve_device(device: "str | object | None" = "auto"):
-    """``"auto"``/None → CUDA if available else CPU; otherwise ``torch.device(device)``."""
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SemisamError("device 'cuda' was asked for but CUDA is not available; use device=cpu or auto")
-    return device
 
 
 def model_folder_name(configuration: str, trainer_name: str = TRAINER_NAME, plans: str = DEFAULT_PLANS) -> str:
@@ -154,7 +143,7 @@ class NnUNetStudent:
         """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
 
-        from semisam.nnunet.trainer import TrainerOverrides, nnUNetTrainerSemiSAM
+        from semisam.nnunet.nnUNetTrainerSemiSAM import TrainerOverrides, nnUNetTrainerSemiSAM
 
         overrides = TrainerOverrides(num_epochs=epochs, num_iterations_per_epoch=iterations_per_epoch,
                                      num_val_iterations_per_epoch=val_iterations_per_epoch,
@@ -275,7 +264,7 @@ class NnUNetStudent:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from semisam.nnunet.trainer import nnUNetTrainerSemiSAM, read_checkpoint
+        from semisam.nnunet.nnUNetTrainerSemiSAM import nnUNetTrainerSemiSAM, read_checkpoint
 
         model_folder = Path(model_folder)
         ckpt_file = model_folder / f"fold_{_check_fold(fold)}" / checkpoint

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from semisam.teacher.preprocess import PreprocessKind, TransformInfo, to_model_input
+from semisam.utils.device import resolve_device
 from semisam.utils.errors import SemisamError
 from semisam.utils.registry import Registry
 
@@ -368,19 +369,6 @@ def build_tiny_random(checkpoint: str | None, device: torch.device) -> SamModel:
         torch.manual_seed(TINY_SEED)
         modules = _tiny_modules()
     return _finish(modules, state, "tiny_random", 256, "sam", None if checkpoint is None else str(checkpoint), device)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / ``"mps"`` → a usable ``torch.device``, or a clear error."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise SemisamError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SemisamError(f"device '{device}' requested but CUDA is not available; use device=cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise SemisamError(f"device '{device}' requested but MPS is not available; use device=cpu")
-    return dev
 
 
 def build_teacher_model(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> SamModel:

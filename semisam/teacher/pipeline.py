@@ -256,7 +256,9 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
         from semisam.teacher.models import build_teacher_model
         from semisam.teacher.predictor import SamTeacher
 
-        device = _device(cfg.device)
+        from semisam.utils.device import resolve_device
+
+        device = resolve_device(cfg.device)
         model = build_teacher_model(t.name, t.checkpoint, device=device)
         cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items)
         teacher = SamTeacher(model, cache, device=device, decode_batch=t.decode_batch, intensity=None)
@@ -265,14 +267,6 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
                           augment=a.augment, box_jitter=a.box_jitter)
     return PseudoLabeler(teacher, intensity=intensity, prompts=prompts, filters=filters, ignore_label=ignore_label,
                          seed=cfg.seed, adapt_settings=adapt_settings)
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset_json: Path, cfg,
@@ -307,7 +301,11 @@ def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset
     npz = sorted(probs_dir.glob("*.npz"))
     if not npz:
         raise SemisamError(f"no <case>.npz probability files in {probs_dir}; predict with --save_probabilities")
-    io = RawDataset(images_dir, dj, None)  # reader/writer only: this folder has no labels to read
+    n_ch = len(dj.get("channel_names", {"0": ""}))
+    examples = sorted(images_dir.glob(f"*_0000{ending}"))
+    if not examples:
+        raise SemisamError(f"no images named <case>_0000{ending} in {images_dir}")
+    io = RawDataset(images_dir, dj, None, example_file=examples[0])  # reader/writer only: no labels here
     labeler = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=cfg.teacher.cache_dir)
     if adapt_on is not None and labeler.adaptable and cfg.teacher.adapt.enabled:
         ds = RawDataset.open(adapt_on)
@@ -318,7 +316,6 @@ def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset
     for f in tqdm(npz, desc="pseudo-labels", unit="case", file=sys.stderr):
         case = f.name[: -len(".npz")]
         target = out_dir / f"{case}{ending}"
-        n_ch = len(dj.get("channel_names", {"0": ""}))
         files = [images_dir / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
         missing = [str(x) for x in files if not x.is_file()]
         if missing:

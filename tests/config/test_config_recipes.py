@@ -74,7 +74,8 @@ def test_experiments_mean_what_they_say():
     assert compose(["experiment=samdsk"]).loop.max_rounds > 0
     smoke = compose(["experiment=smoke"])
     assert smoke.student.epochs == 1 and smoke.device == "cpu" and smoke.logger.wandb == "disabled"
-    assert smoke.dataset.raw_dir.endswith("Synthetic") and smoke.loop.max_rounds == 1
+    assert smoke.dataset.raw_dir.endswith("Synthetic") and smoke.loop.max_rounds == 2
+    assert smoke.teacher.name == "tiny_random" and smoke.filters.fusion == "student"
     demo = compose(["experiment=demo"])
     assert demo.dataset.raw_dir == "data/Dataset501_Nuclei" and demo.prompts.split_instances
     assert demo.logger.tags == ["demo"]

@@ -40,12 +40,19 @@ def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-@pytest.mark.slow
-def test_two_rounds_end_to_end_with_wandb_offline(synthetic, tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def smoke_run(synthetic, tmp_path_factory):
+    """A finished 2-round run (tiny student, tiny random SAM), logged to an offline W&B run."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    run_dir = tmp / "run"
     proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}",
-                    "logger=offline", "loop.stop_when_no_new=false"], cwd=tmp_path,
-                   env_extra={"WANDB_DIR": str(tmp_path / "wb")})
+                    "logger=offline", "loop.stop_when_no_new=false"], cwd=tmp, env_extra={"WANDB_DIR": str(tmp / "wb")})
+    return run_dir, tmp / "wb", proc
+
+
+@pytest.mark.slow
+def test_two_rounds_end_to_end(smoke_run, synthetic):
+    run_dir, _, proc = smoke_run
     steps = manifest(run_dir)["steps"]
     for step in ("r0/train", "r0/evaluate", "r0/predict_unlabeled", "r1/teacher", "r1/train", "r1/predict_unlabeled",
                  "r2/teacher", "r2/train", "r2/evaluate"):
@@ -68,11 +75,17 @@ def test_two_rounds_end_to_end_with_wandb_offline(synthetic, tmp_path):
     for png in ("plots/test_dice.png", "plots/accept_rate.png", "round_01/gallery.png"):
         assert (run_dir / png).stat().st_size > 1000, png
     assert "| round | training set | test Dice" in proc.stdout  # the final table
-    # the W&B offline run holds what users look for
-    run_folder = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    # the embedding cache served round 2 from disk/memory (the image encoder ran once per image per run)
+    assert steps["r2/teacher"]["result"]["cache"]["misses"] == steps["r1/teacher"]["result"]["cache"]["misses"]
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_the_logged_keys(smoke_run, synthetic):
+    _, wb, _ = smoke_run
+    run_folder = next((wb / "wandb").glob("offline-run-*"))
     records = wait_for_records(run_folder)
     keys = set().union(*[row.keys() for row in history_rows(records)])
-    for key in ("round/test/dice_mean", "round/accept_rate", "round/pseudo_quality/student_dice",
+    for key in ("round/test/dice_mean", "round/test/hd95_mean", "round/accept_rate", "round/pseudo_quality/student_dice",
                 "round/n_added", "round/cache/misses", "round/timings/train_s", "student/train_loss",
                 "student/val_loss", "student/pseudo_dice"):
         assert key in keys, key
@@ -80,9 +93,30 @@ def test_two_rounds_end_to_end_with_wandb_offline(synthetic, tmp_path):
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
     assert config["teacher"]["name"] == "tiny_random" and config["dataset"]["raw_dir"] == str(synthetic)
-    # the embedding cache served round 2 from disk/memory (the image encoder ran once per image per run)
-    cache2 = steps["r2/teacher"]["result"]["cache"]
-    assert cache2["misses"] == steps["r1/teacher"]["result"]["cache"]["misses"]
+
+
+@pytest.mark.slow
+def test_standalone_pseudolabel_and_evaluate_commands(smoke_run, synthetic, tmp_path):
+    """`semisam pseudolabel` on nnU-Net's --save_probabilities output; `semisam evaluate` on a prediction folder."""
+    run_dir, _, _ = smoke_run
+    out = tmp_path / "pl"
+    probs = run_dir / "round_00" / "pred_unlabeled"
+    proc = run_cli(["pseudolabel", "--images", str(synthetic / "imagesTr"), "--probs", str(probs),
+                    "--dataset-json", str(synthetic / "dataset.json"), "--out", str(out),
+                    "teacher=tiny_random", "filters=student", f"dataset.raw_dir={synthetic}"], cwd=tmp_path)
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(stats["cases"]) == 6 and stats["cache"]["misses"] >= 1
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == sorted(f"{c}.png" for c, s in stats["cases"].items() if s["accepted"]) and written
+    assert "cases accepted" in proc.stderr
+    ev = run_cli(["evaluate", "--pred", str(run_dir / "round_01" / "pred_test"), "--gt", str(synthetic / "labelsTs"),
+                  "--dataset-json", str(synthetic / "dataset.json"), "--out", str(tmp_path / "ev")], cwd=tmp_path)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_cases"] == 3 and 0.0 <= metrics["mean_dice"] <= 1.0 and "|" in ev.stdout
+    bad = run_cli(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(synthetic / "labelsTs"),
+                   "--dataset-json", str(synthetic / "dataset.json"), "--out", str(tmp_path / "ev2")],
+                  cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --pred folder")
 
 
 @pytest.mark.slow

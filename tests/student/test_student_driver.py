@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import semisam.nnunet.trainer as trainer_module
-from semisam.nnunet.trainer import CONFIG_ENV_VAR, TrainerOverrides, nnUNetTrainerSemiSAM, read_checkpoint
+import semisam.nnunet.nnUNetTrainerSemiSAM as trainer_module
+from semisam.nnunet.nnUNetTrainerSemiSAM import CONFIG_ENV_VAR, TrainerOverrides, nnUNetTrainerSemiSAM, read_checkpoint
 from semisam.student import NnUNetStudent, link_raw_dataset, load_probabilities, nnunet_env, probabilities_file
 from semisam.utils.errors import SemisamError
 

@@ -20,7 +20,7 @@ from semisam.utils.errors import SemisamError
 
 from teacher_helpers import dice, synthetic_case
 
-FAST = dict(steps=30, lr=1e-3, batch_size=8, progress=False)
+FAST = dict(steps=30, lr=3e-3, batch_size=8, progress=False)
 
 
 def test_component_boxes_one_per_component_and_class():
@@ -77,7 +77,8 @@ def test_adaptation_lowers_the_loss_and_beats_zero_shot_on_held_out_cases(tmp_pa
     held_out = [synthetic_case(100 + s) for s in range(4)]
     zero_shot = _mean_dice(teacher, held_out)
     stats = adapt_teacher(model, cache, train, [1], **FAST)
-    assert stats["n_views"] == 32 and stats["n_prompts"] == 4 * 8 * 2 - stats["n_prompts"] % 2 * 0
+    assert stats["n_views"] == 32
+    assert stats["n_prompts"] == 8 * sum(len(component_boxes(label, [1])) for _, label in train)
     assert stats["loss_last"] < 0.8 * stats["loss_first"]
     adapted = _mean_dice(teacher, held_out)
     assert adapted > zero_shot + 0.2, (zero_shot, adapted)
@@ -137,3 +138,17 @@ def test_no_foreground_is_a_clear_error():
     with pytest.raises(SemisamError, match="same 2D"):
         adapt_teacher(build_teacher_model("tiny_random"), EmbeddingCache(None), [(image, np.zeros((32, 64), int))],
                       [1], steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_litemedsam_adaptation_improves_on_held_out_cases():
+    """Real LiteMedSAM, a few steps on 4 synthetic cases (~1-2 min on 2 busy cores)."""
+    model = build_teacher_model("litemedsam")
+    cache = EmbeddingCache(None, max_memory_items=16)
+    teacher = SamTeacher(model, cache)
+    train = [synthetic_case(s) for s in range(4)]
+    held_out = [synthetic_case(100 + s) for s in range(4)]
+    zero_shot = _mean_dice(teacher, held_out)
+    stats = adapt_teacher(model, cache, train, [1], steps=12, batch_size=4, augment=False, progress=False)
+    assert stats["loss_last"] < stats["loss_first"]
+    assert _mean_dice(teacher, held_out) > zero_shot + 0.01
