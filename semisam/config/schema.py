@@ -159,6 +159,7 @@ class FiltersConfig:
     agreement_thresh: float = prob(0.0)  # Dice between teacher and student per object
     uncertainty_thresh: float = prob(1.0)  # prompt-perturbation disagreement, accept below
     perturbations: int = bounded(0, 0)  # perturbed prompts per object (0: uncertainty off)
+    boundary_band: int = bounded(0, 0)  # background within this many pixels of pseudo foreground → ignore
     case_min_accept: float = prob(0.5)  # a case is accepted if this fraction of its objects is
 
 
@@ -167,6 +168,9 @@ class LoopConfig:
     """Rounds of pseudo-labelling (SamDSK) and when to stop."""
 
     max_rounds: int = bounded(0, 0)  # 0: supervised baseline only
+    # Share of training samples drawn from the labeled cases once pseudo-labeled ones join (labeled cases are
+    # repeated in the round's dataset to reach it); 0 keeps nnU-Net's uniform sampling over all cases.
+    labeled_weight: float = bounded(0.0, 0.0, 0.95)
     stop_when_no_new: bool = True  # stop when a round accepts no new case
     select_by_val: bool = False  # keep the round whose student is best on the validation cases
     gallery_cases: int = bounded(4, 0)  # cases shown in the per-round image gallery

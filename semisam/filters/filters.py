@@ -365,3 +365,34 @@ class PseudoLabelStats:
         from semisam.utils.io import write_json_atomic
 
         return write_json_atomic(path, self.to_dict())
+
+
+def boundary_band(pseudo_label: Any, ignore_label: int, width: int) -> np.ndarray:
+    """Set background pixels within ``width`` pixels of foreground to the ignore label.
+
+    Student and SAM both under-segment object outlines (measured on the real nuclei tiles: 11 % of true
+    foreground pixels ended as confident background in ``agree`` pseudo-labels, almost all on the outlines of
+    objects that were found, against 4 % false foreground), and a student retrained on such labels learns to
+    under-segment. Ignoring a thin band outside every pseudo-labelled object leaves the outline position to
+    the labeled cases. Works slice-wise on the last two axes, so a volume's band lies in its slices.
+
+    Args:
+        pseudo_label: ``(..., Y, X)`` int labels with ``ignore_label`` on rejected pixels.
+        ignore_label: the dataset's ignore label.
+        width: band width in pixels (0 returns the labels unchanged).
+
+    Returns:
+        A new label array of the same shape and dtype.
+    """
+    from scipy import ndimage as ndi
+
+    lab = _np(pseudo_label)
+    if width <= 0:
+        return lab.copy()
+    fg = (lab > 0) & (lab != ignore_label)
+    structure = np.zeros((3,) * lab.ndim, bool)
+    structure[(1,) * (lab.ndim - 2)] = ndi.generate_binary_structure(2, 1)  # grow within each slice only
+    near = ndi.binary_dilation(fg, structure=structure, iterations=int(width)) & (lab == 0)
+    out = lab.copy()
+    out[near] = ignore_label
+    return out

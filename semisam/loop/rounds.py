@@ -122,7 +122,9 @@ class Experiment:
         name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
         out = self.round_dir(r) / "dataset" / f"Dataset{self.cfg.dataset.dataset_id:03d}_{name}"
         remove_tree(out)
-        cases = [CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file) for c in self.cases.train]
+        repeats = labeled_repeats(len(self.cases.train), len(accepted), self.cfg.loop.labeled_weight)
+        cases = [CaseData(c.case_id if k == 0 else f"{c.case_id}__rep{k}", image=tuple(c.image_files), label=c.label_file)
+                 for k in range(repeats) for c in self.cases.train]
         by_id = {c.case_id: c for c in self.cases.unlabeled}
         cases += [CaseData(cid, image=tuple(by_id[cid].image_files), label=Path(f)) for cid, f in sorted(accepted.items())]
         ids = [c.case_id for c in cases]
@@ -132,7 +134,8 @@ class Experiment:
                           file_ending=self.dataset.file_ending, channel_names=dj["channel_names"], split=split,
                           description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled",
                           allow_ignore=True)
-        return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted)}
+        return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted),
+                "labeled_repeats": repeats}
 
     def preprocess(self, r: int) -> dict:
         student = self.student(r)
@@ -252,8 +255,12 @@ class Experiment:
             image, _ = self.dataset.read_image(c.image_files)
             seg, _ = self.dataset.read_seg(c.label_file)
             pairs.append((image, seg[0]))
-        say(f"round {r}: adapting the teacher on {len(pairs)} labeled cases ({tcfg.adapt.steps} steps)")
-        return self.labeler.adapt(pairs, sorted(self.foreground.values()), path)
+        say(f"round {r}: adapting the teacher on {len(pairs)} labeled cases ({tcfg.adapt.steps} steps, "
+            f"reused if {path.name} holds the same adaptation)")
+        stats = self.labeler.adapt(pairs, sorted(self.foreground.values()), path)
+        if stats.get("reused"):
+            say(f"round {r}: reused the adapted teacher {path}")
+        return stats
 
     # ------------------------------------------------------------------------------------------ reports
     def log_round(self, r: int, teach: dict | None, trained: bool) -> None:
@@ -313,6 +320,14 @@ class Experiment:
         print(dice_table(all_records, best))
         say(f"stopped: {stop_reason}. Report: {report}")
         return summary
+
+
+def labeled_repeats(n_labeled: int, n_pseudo: int, labeled_weight: float) -> int:
+    """How often each labeled case appears in a round's dataset so that about ``labeled_weight`` of nnU-Net's
+    (uniformly drawn) training samples are labeled: ``k·L / (k·L + P) ≈ w``. At least 1."""
+    if n_pseudo == 0 or labeled_weight <= 0:
+        return 1
+    return max(1, round(labeled_weight * n_pseudo / ((1.0 - labeled_weight) * n_labeled)))
 
 
 def select_round(records: list[dict], by_val: bool) -> int | None:

@@ -22,6 +22,7 @@ from semisam.filters import (
     CaseStats,
     PseudoLabelStats,
     agreement,
+    boundary_band,
     object_accept,
     perturbation_uncertainty,
     pixel_accept,
@@ -62,6 +63,7 @@ class FilterSettings:
     agreement_thresh: float = 0.0
     uncertainty_thresh: float = 1.0
     perturbations: int = 0
+    boundary_band: int = 0
     case_min_accept: float = 0.5
 
 
@@ -171,7 +173,7 @@ class PseudoLabeler:
             for k in per_obj:
                 per_obj[k].append(out[k])
             reasons += out["reasons"]
-        pseudo = stack_slices(pseudo_slices, axis)
+        pseudo = boundary_band(stack_slices(pseudo_slices, axis), self.ignore_label, self.f.boundary_band)
         teacher = stack_slices(teacher_slices, axis)
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_obj.items()}
         foreground = (student > 0) | (teacher > 0)
@@ -186,10 +188,12 @@ class PseudoLabeler:
     def _self_label(self, case_id: str, student: np.ndarray) -> PseudoLabel:
         """No teacher: the student's own labels (plain self-training baseline)."""
         fg = student > 0
-        stats = CaseStats.from_arrays(case_id, accept=np.ones(0, bool), reasons=[], accept_pixel_mask=fg,
-                                      foreground=fg, case_min_accept=self.f.case_min_accept)
+        pseudo = boundary_band(student, self.ignore_label, self.f.boundary_band)
+        stats = CaseStats.from_arrays(case_id, accept=np.ones(0, bool), reasons=[],
+                                      accept_pixel_mask=pseudo != self.ignore_label, foreground=fg,
+                                      case_min_accept=self.f.case_min_accept)
         self.stats.append(stats)
-        return PseudoLabel(student.astype(np.uint8), student, None, stats.accepted, stats.to_dict())
+        return PseudoLabel(pseudo.astype(np.uint8), student, None, stats.accepted, stats.to_dict())
 
     def _slice(self, img_s: np.ndarray, probs_s: np.ndarray, student_s: np.ndarray, rng: np.random.Generator) -> dict:
         p, f = self.p, self.f

@@ -131,3 +131,23 @@ def test_case_stats_and_accumulator(tmp_path):
     assert [c["case_id"] for c in loaded["cases"]] == ["case_a", "case_b"]
     acc.reset()
     assert len(acc) == 0 and acc.aggregate()["case_accept_rate"] is None
+
+
+def test_boundary_band_ignores_background_next_to_foreground_only():
+    from semisam.filters import boundary_band
+
+    lab = np.zeros((1, 7, 7), np.uint8)
+    lab[0, 3, 3] = 1
+    lab[0, 0, 0] = 2  # already ignored
+    out = boundary_band(lab, ignore_label=2, width=1)
+    expected = np.zeros((7, 7), np.uint8)
+    expected[3, 3] = 1
+    expected[0, 0] = expected[2, 3] = expected[4, 3] = expected[3, 2] = expected[3, 4] = 2  # 4-neighbours
+    np.testing.assert_array_equal(out[0], expected)
+    assert lab[0, 2, 3] == 0  # input untouched
+    np.testing.assert_array_equal(boundary_band(lab, 2, 0), lab)
+    # volumes: the band grows within slices, never across them
+    vol = np.zeros((3, 5, 5), np.uint8)
+    vol[1, 2, 2] = 1
+    band = boundary_band(vol, 2, 2)
+    assert (band[0] == 0).all() and (band[2] == 0).all() and (band[1] == 2).sum() == 12
