@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m data_prep nuclei --out $(DEMO_DATA)
+	$(PY) -m data_prep nuclei --out $(DEMO_DATA) --labeled 1 --overwrite
 	$(VENV)/bin/semisam run experiment=demo dataset.raw_dir=$(DEMO_DATA)
 
 # The test command (README and .ci/run): the whole suite, slow end-to-end tests included.

@@ -170,7 +170,7 @@ class LoopConfig:
     max_rounds: int = bounded(0, 0)  # 0: supervised baseline only
     # Share of training samples drawn from the labeled cases once pseudo-labeled ones join (labeled cases are
     # repeated in the round's dataset to reach it); 0 keeps nnU-Net's uniform sampling over all cases.
-    labeled_weight: float = bounded(0.0, 0.0, 0.95)
+    labeled_weight: float = bounded(0.5, 0.0, 0.95)
     stop_when_no_new: bool = True  # stop when a round accepts no new case
     select_by_val: bool = False  # keep the round whose student is best on the validation cases
     gallery_cases: int = bounded(4, 0)  # cases shown in the per-round image gallery
