@@ -17,6 +17,7 @@ from wandb_files import history_rows, wait_for_records
 
 from data_prep.synthetic import make_synthetic
 from semisam.data import RawDataset, check_raw_dataset
+from semisam.loop.rounds import labeled_repeats
 
 SEMISAM = [sys.executable, "-m", "semisam"]
 
@@ -63,7 +64,9 @@ def test_two_rounds_end_to_end(smoke_run, synthetic):
     assert teach["n_candidates"] == 6 and 0 < len(teach["accepted"]) <= 6
     round_raw = Path(steps["r1/dataset"]["result"]["raw_dir"])
     ds = check_raw_dataset(round_raw, nnunet=True)
-    assert len(ds.labeled_cases()) == 2 + len(teach["accepted"])
+    repeats = steps["r1/dataset"]["result"]["labeled_repeats"]
+    assert repeats == labeled_repeats(2, len(teach["accepted"]), 0.5) > 1  # loop.labeled_weight=0.5 (default)
+    assert len(ds.labeled_cases()) == 2 * repeats + len(teach["accepted"])
     assert all(Path(f).is_file() for f in teach["files"].values())
     # pseudo-label quality was measured against labelsHidden (analysis only)
     assert teach["pseudo_quality"]["n_cases"] == 6 and teach["pseudo_quality"]["student_dice"] is not None

@@ -55,7 +55,9 @@ def test_overlay_gallery_rows_and_ignore_colour(tmp_path):
     one = imread(overlay_gallery(items[:1], ignore_label=2, out_file=tmp_path / "one.png"))
     two = imread(overlay_gallery(items, ignore_label=2, out_file=tmp_path / "g.png", max_cases=2))
     four = imread(overlay_gallery(items, ignore_label=2, out_file=tmp_path / "g4.png", max_cases=4))
-    assert abs(one.shape[1] - two.shape[1]) <= 2 and one.shape[1] > 3 * one.shape[0]  # 4 columns, 1 row
+    # bbox_inches="tight" trims to the text extents, which vary by a few pixels with the captions and fonts
+    # (929 vs 943 px seen in a fresh environment): same column count means widths within 3 %.
+    assert abs(one.shape[1] - two.shape[1]) <= 0.03 * one.shape[1] and one.shape[1] > 3 * one.shape[0]  # 4 cols
     assert two.shape[0] > 1.6 * one.shape[0] and four.shape[0] > 1.6 * two.shape[0]
 
     rgba = label_rgba(pseudo, ignore_label=2)
