@@ -204,7 +204,7 @@ class Experiment:
 
         t0 = now()
         labeler = self.labeler
-        adapt_stats = self.adapt_teacher(r)
+        adapt_stats = self.adapt_teacher(r, accepted_before)
         probs_dir = Path(self.state.result(f"r{r - 1}/predict_unlabeled")["dir"])
         out = self.round_dir(r) / "pseudo"
         out.mkdir(parents=True, exist_ok=True)
@@ -243,8 +243,12 @@ class Experiment:
             "cache": labeler.cache_stats(), "teacher_s": round(now() - t0, 2),
         }
 
-    def adapt_teacher(self, r: int) -> dict | None:
-        """Adapt the teacher on the training labeled cases (never validation, never unlabeled)."""
+    def adapt_teacher(self, r: int, accepted: dict[str, str]) -> dict | None:
+        """Adapt the teacher on the training labeled cases (never validation cases, never a hidden label).
+
+        With ``teacher.adapt.each_round`` it adapts again every round, on the labeled cases plus the
+        pseudo-labels accepted so far (rejected pixels carry no loss); otherwise once per run.
+        """
         tcfg = self.cfg.teacher
         if not self.labeler.adaptable or not tcfg.adapt.enabled or tcfg.adapt.steps == 0:
             return None
@@ -255,8 +259,13 @@ class Experiment:
             image, _ = self.dataset.read_image(c.image_files)
             seg, _ = self.dataset.read_seg(c.label_file)
             pairs.append((image, seg[0]))
-        say(f"round {r}: adapting the teacher on {len(pairs)} labeled cases ({tcfg.adapt.steps} steps, "
-            f"reused if {path.name} holds the same adaptation)")
+        pseudo = dict(sorted(accepted.items())) if tcfg.adapt.each_round else {}
+        by_id = {c.case_id: c for c in self.cases.unlabeled}
+        for cid, f in pseudo.items():
+            image, _ = self.dataset.read_image(by_id[cid].image_files)
+            pairs.append((image, self.dataset.read_seg(f)[0][0]))
+        say(f"round {r}: adapting the teacher on {len(self.cases.train)} labeled + {len(pseudo)} pseudo-labeled cases "
+            f"({tcfg.adapt.steps} steps, reused if {path.name} holds the same adaptation)")
         stats = self.labeler.adapt(pairs, sorted(self.foreground.values()), path)
         if stats.get("reused"):
             say(f"round {r}: reused the adapted teacher {path}")

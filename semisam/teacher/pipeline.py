@@ -107,6 +107,7 @@ class PseudoLabeler:
         self.seed = seed
         self.adapt_settings = dict(adapt_settings or {})
         self.stats = PseudoLabelStats()
+        self._base_state = None  # the teacher's own prompt encoder + decoder, restored before each adaptation
 
     @property
     def adaptable(self) -> bool:
@@ -117,19 +118,28 @@ class PseudoLabeler:
 
     # ------------------------------------------------------------------------------------------ adaptation
     def adapt(self, labeled: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[int], path: str | Path) -> dict:
-        """Adapt the teacher on LABELED cases: ``(image (C, Z, Y, X), label (Z, Y, X))`` pairs.
+        """Adapt the teacher on ``(image (C, Z, Y, X), label (Z, Y, X))`` pairs: the labeled cases' true
+        labels, optionally with accepted pseudo-labels (their ignore-label pixels carry no loss).
 
-        Volumes are cut into slices along ``slice_axis``; slices without foreground are left out. The
-        adapted decoder is saved at ``path`` and reused when the same data and settings come again.
+        Every adaptation starts from the teacher's own weights, so a run resumed between rounds adapts exactly
+        as one that was not. Volumes are cut into slices along ``slice_axis``; slices without foreground are
+        left out. The adapted decoder is saved at ``path`` and reused when the same data and settings come again.
         """
-        from semisam.teacher.adapt import adapt_or_load
+        from semisam.teacher.adapt import adapt_or_load, adapted_state
+
+        model = self.teacher.model
+        if self._base_state is None:
+            self._base_state = adapted_state(model)
+        else:
+            model.prompt_encoder.load_state_dict(self._base_state["prompt_encoder"])
+            model.mask_decoder.load_state_dict(self._base_state["mask_decoder"])
 
         pairs = []
         for image, label in labeled:
             img01 = self.intensity.apply(np.asarray(image)[0])
             for (_, img_s), (_, lab_s) in zip(iter_slices(img01, self.p.slice_axis),
                                               iter_slices(np.asarray(label), self.p.slice_axis)):
-                if (lab_s > 0).any():
+                if ((lab_s > 0) & (lab_s != self.ignore_label)).any():
                     pairs.append((img_s, lab_s))
         if not pairs:
             raise SemisamError("no labeled slice has foreground: the teacher cannot be adapted (teacher.adapt.enabled=false)")

@@ -214,3 +214,54 @@ def test_a_run_folder_of_another_recipe_is_refused(tmp_path, synthetic):
     proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={tmp_path / 'run'}"],
                    cwd=tmp_path, check=False, timeout=120)
     assert proc.returncode == 2 and "restart=true" in proc.stderr
+
+
+@pytest.mark.slow
+def test_empty_unlabeled_set_runs_the_supervised_baseline(tmp_path):
+    data = make_synthetic(tmp_path / "Dataset901_AllLabeled", n_train=3, n_labeled=3, n_test=2, seed=1)
+    run_dir = tmp_path / "run"
+    proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={data}", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert "no unlabeled cases: running the supervised baseline only" in proc.stderr
+    steps = manifest(run_dir)["steps"]
+    assert "r0/evaluate" in steps and not any(k.startswith("r1/") for k in steps)
+    assert json.loads((run_dir / "summary.json").read_text())["final_round"] == 0
+
+
+@pytest.mark.slow
+def test_a_round_that_rejects_every_case_stops_and_keeps_the_previous_student(synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}",
+                    "filters=agree", "filters.agreement_thresh=1.0"], cwd=tmp_path)
+    assert "the filters rejected every unlabeled case" in proc.stderr and "keeping student 0" in proc.stderr
+    steps = manifest(run_dir)["steps"]
+    assert steps["r1/teacher"]["result"]["accepted"] == [] and "r1/train" not in steps
+    assert not list((run_dir / "round_01" / "pseudo").glob("*.png"))  # nothing rejected is written
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_round"] == 0 and "rejected every" in summary["stop_reason"]
+
+
+@pytest.mark.slow
+def test_loop_with_the_real_litemedsam_on_real_nuclei(tmp_path):
+    """The embedded LiteMedSAM in the loop, on the real nuclei tiles, re-adapted on accepted pseudo-labels:
+    what the agreement filter keeps is more often right than the student's own prediction."""
+    from data_prep.nuclei import make_nuclei
+
+    data = make_nuclei(tmp_path / "Dataset501_Nuclei", labeled=4, seed=0)
+    run_dir = tmp_path / "run"
+    run_cli(["run", "experiment=smoke", f"dataset.raw_dir={data}", f"run_dir={run_dir}", "dataset=nuclei",
+             f"dataset.raw_dir={data}", "teacher=litemedsam", "teacher.adapt.steps=4", "teacher.adapt.batch_size=4",
+             "teacher.adapt.each_round=true", "teacher.adapt.augment=false", "prompts=instances", "filters=agree",
+             "loop.max_rounds=2",
+             "student.epochs=6", "student.iterations_per_epoch=10", "loop.stop_when_no_new=false"], cwd=tmp_path)
+    steps = manifest(run_dir)["steps"]
+    for r in (1, 2):
+        teach = steps[f"r{r}/teacher"]["result"]
+        q = teach["pseudo_quality"]
+        assert q["n_cases"] == 44 and teach["accepted"], q
+        assert q["accepted_dice"] >= q["student_dice"], q  # agree keeps the pixels the student gets right
+        assert q["rejected_dice"] < q["student_dice"], q    # and rejects where it is wrong
+    assert (run_dir / "teacher" / "adapted_r1.pt").is_file() and (run_dir / "teacher" / "adapted_r2.pt").is_file()
+    # round 2's teacher was adapted on the labeled tiles plus the tiles accepted in round 1
+    assert steps["r2/teacher"]["result"]["adapt"]["reused"] is False
+    # image embeddings were computed in round 1 and served from the cache in round 2
+    assert steps["r2/teacher"]["result"]["cache"]["misses"] == steps["r1/teacher"]["result"]["cache"]["misses"]
