@@ -1,14 +1,12 @@
 """The rounds of an experiment (see :mod:`semisam.loop.experiment` for the data flow)."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from semisam.config import RunConfig, to_dict, to_yaml

@@ -1,6 +1,4 @@
 """Teacher registry, strict checkpoint loading, and its one-line errors."""
-import pickle
-from pathlib import Path
 
 import pytest
 import torch
