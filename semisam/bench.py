@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from semisam.config import compose
     from semisam.data import RawDataset
+    from semisam.eval.metrics import pooled_dice
     from semisam.loop.evaluation import pseudo_quality
     from semisam.student.driver import load_probabilities
     from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler, build_pseudolabeler
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # teacher alone on the test cases, prompted from their true masks
             lt = labeler(prompt_name, "sam")
             true_prompted = {cid: lt(img, one_hot(lab, len(ds.labels)), cid) for cid, img, lab in test}
-            dice_true = _pooled({cid: (r.teacher, lab) for (cid, _, lab), r in zip(test, true_prompted.values())}, fg, ignore)
+            dice_true = pooled_dice([(r.teacher, lab) for (_, _, lab), r in zip(test, true_prompted.values())], fg, ignore)
             for fusion in FUSIONS:
                 lab = labeler(prompt_name, fusion)
                 t0 = time.time()
@@ -159,12 +160,6 @@ class EmbedTimer:
             self.second = (time.time() - t0) / len(mapped)
         finally:
             teacher.intensity = teacher_intensity
-
-
-def _pooled(pairs: dict[str, tuple[np.ndarray, np.ndarray]], fg: dict, ignore: int) -> float | None:
-    from semisam.eval.metrics import evaluate_arrays
-
-    return evaluate_arrays([(c, p, g, None) for c, (p, g) in pairs.items()], fg, ignore)["pooled_dice"]
 
 
 def table(results: dict) -> str:

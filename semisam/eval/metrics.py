@@ -109,6 +109,16 @@ def evaluate_arrays(cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[
     return summarize(records, labels, ignore_label)
 
 
+def pooled_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: Mapping[str, int],
+                ignore_label: int | None = None) -> float | None:
+    """Pooled Dice (over cases and classes) of ``(pred_zyx, gt_zyx)`` label-map pairs; None for no pairs.
+
+    Pixels where the ground truth is ``ignore_label`` are left out (see :func:`case_metrics`).
+    """
+    cases = [(str(i), p, g, None) for i, (p, g) in enumerate(pairs)]
+    return evaluate_arrays(cases, labels, ignore_label)["pooled_dice"] if cases else None
+
+
 def summarize(records: list[dict], labels: Mapping[str, int], ignore_label: int | None = None) -> dict:
     """Per-class means over cases, pooled Dice, and means over classes.
 

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from semisam.data import LabeledCase, RawDataset
-from semisam.eval.metrics import evaluate_arrays, evaluate_segmentations
+from semisam.eval.metrics import evaluate_segmentations, pooled_dice
 from semisam.eval.report import write_report
 
 
@@ -55,9 +55,7 @@ def pseudo_quality(dataset: RawDataset, arrays: Mapping[str, tuple[np.ndarray, n
         return None
 
     def pooled(items: list[tuple[str, np.ndarray, np.ndarray]]) -> float | None:
-        if not items:
-            return None
-        return evaluate_arrays([(c, p, g, None) for c, p, g in items], foreground, ignore_label)["pooled_dice"]
+        return pooled_dice([(p, g) for _, p, g in items], foreground, ignore_label)
 
     acc = [c for c in accepted if c in hidden]
     kept_items, student_kept, rejected_items = [], [], []

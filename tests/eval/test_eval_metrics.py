@@ -93,6 +93,10 @@ def test_summary_means_pooled_and_multiclass():
     assert m["mean_dice"] == pytest.approx((one["mean_dice"] + two["mean_dice"]) / 2)
     assert m["pooled_dice"] == pytest.approx(2 * 5 / (14 + 6))
     assert m["n_cases"] == 2 and [c["case_id"] for c in m["cases"]] == ["a", "b"]
+    from semisam.eval.metrics import pooled_dice
+
+    assert pooled_dice([(pred_a, gt_a), (pred_b, gt_b)], {"one": 1, "two": 2}) == pytest.approx(2 * 5 / (14 + 6))
+    assert pooled_dice([], {"one": 1}) is None
 
 
 def test_shape_mismatch_is_a_user_error():

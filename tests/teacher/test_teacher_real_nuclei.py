@@ -6,11 +6,11 @@ zero-shot vs adapted on 4 labeled tiles.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from data_prep.nuclei import make_nuclei
-from semisam.eval.metrics import evaluate_arrays
+from semisam.bench import one_hot
+from semisam.eval.metrics import pooled_dice
 from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler
 
 pytestmark = pytest.mark.slow
@@ -22,14 +22,6 @@ def nuclei(tmp_path_factory):
 
     root = make_nuclei(tmp_path_factory.mktemp("nuclei") / "Dataset501_Nuclei", labeled=4, seed=0)
     return RawDataset.open(root)
-
-
-def one_hot(label_zyx: np.ndarray) -> np.ndarray:
-    return np.stack([(label_zyx == 0), (label_zyx == 1)]).astype(np.float32)
-
-
-def pooled_dice(pairs) -> float:
-    return evaluate_arrays([(str(i), p, g, None) for i, (p, g) in enumerate(pairs)], {"nucleus": 1}, 2)["pooled_dice"]
 
 
 def test_adapted_litemedsam_beats_zero_shot_on_held_out_tiles(nuclei, litemedsam_model, tmp_path):
@@ -45,7 +37,7 @@ def test_adapted_litemedsam_beats_zero_shot_on_held_out_tiles(nuclei, litemedsam
 
     def teacher_dice() -> float:
         # prompts from the TRUE test masks: the teacher's quality on its own, independent of any student
-        return pooled_dice([(labeler(img, one_hot(lab)).teacher, lab) for img, lab in test])
+        return pooled_dice([(labeler(img, one_hot(lab, 2)).teacher, lab) for img, lab in test], {"nucleus": 1}, 2)
 
     zero_shot = teacher_dice()
     labeled = [(nuclei.read_image(c.image_files)[0], nuclei.read_seg(c.label_file)[0][0]) for c in nuclei.labeled_cases()]
