@@ -29,6 +29,23 @@ def config_fingerprint(config: dict[str, Any], ignore: tuple[str, ...] = ("logge
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def round0_fingerprint(config: dict[str, Any]) -> str:
+    """A hash of what determines round 0 (the supervised student): dataset, student settings and seed.
+
+    Two runs with the same round-0 fingerprint train the same supervised student, so one can reuse the
+    other's (``loop.init_from``).
+    """
+    dataset = dict(config["dataset"])
+    dataset["raw_dir"] = str(Path(dataset["raw_dir"]).resolve())
+    return config_fingerprint({"dataset": dataset, "student": config["student"], "seed": config["seed"]}, ignore=())
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
+    """The manifest of a run folder, or None when it has none (read-only; no fingerprint check)."""
+    path = Path(run_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class RunState:
     """The manifest of one run folder.
 
@@ -84,6 +101,13 @@ class RunState:
         self.manifest["steps"][step] = {"result": result, "seconds": round(time.time() - start, 2)}
         self._save()
         return result
+
+    def adopt(self, step: str, result: Any, seconds: float | None, source: str) -> None:
+        """Record ``step`` as complete with another run's result (shared work, e.g. a common round 0)."""
+        if self.done(step):
+            return
+        self.manifest["steps"][step] = {"result": result, "seconds": seconds, "shared_from": source}
+        self._save()
 
     def seconds(self, step: str) -> float | None:
         entry = self.manifest["steps"].get(step)
