@@ -174,6 +174,10 @@ class LoopConfig:
     stop_when_no_new: bool = True  # stop when a round accepts no new case
     select_by_val: bool = False  # keep the round whose student is best on the validation cases
     gallery_cases: int = bounded(4, 0)  # cases shown in the per-round image gallery
+    # A finished run folder whose round 0 (the supervised student: dataset, preprocessing, training, test
+    # evaluation) this run reuses instead of training it again. Its dataset, student and seed must be this
+    # run's; `semisam compare` uses it so that every method of one labeled draw and seed starts from one student.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -184,6 +188,8 @@ class LoggerConfig:
     project: str = "semisam"
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    group: Optional[str] = None  # W&B run group (semisam compare: one group per comparison)
+    name: Optional[str] = None  # W&B display name; None: the experiment's name
     dir: Optional[str] = None  # None: <run_dir>
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from semisam.config import RunConfig, to_dict, to_yaml
 from semisam.data import LabeledCase, RawDataset, UnlabeledCase
-from semisam.loop.state import RunState, config_fingerprint
+from semisam.loop.state import RunState, config_fingerprint, round0_fingerprint
 from semisam.utils.errors import SemisamError
 
 log = logging.getLogger("semisam")
@@ -81,6 +81,7 @@ def run_experiment(cfg: RunConfig) -> dict[str, Any]:
     cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
     run_dir = Path(cfg.run_dir)
     state = RunState(run_dir, config_fingerprint(to_dict(cfg)), restart=cfg.restart)
+    state.set("round0_fingerprint", round0_fingerprint(to_dict(cfg)))
     if state.resumed:
         say(f"resuming {run_dir} from its last complete step (restart=true starts over)")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
