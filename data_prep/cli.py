@@ -1,6 +1,6 @@
 """``python -m data_prep <source> --out <dir> [options]``: write an nnU-Net raw dataset for semisam.
 
-Sources: ``synthetic``, ``nuclei``, ``radiomics``, ``split <raw_dir>``. Every source writes the whole
+Sources: ``synthetic``, ``nuclei``, ``radiomics``, ``mni152``, ``split <raw_dir>``. Every source writes the whole
 dataset into a temporary folder, checks it (nnU-Net's verify_dataset_integrity plus semisam's rules; skip
 with ``--no-verify``) and renames it to ``--out`` at the end. Exit status: 0 on success, 2 on bad input,
 with ``error: <one line>`` on stderr and nothing written.
@@ -59,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nuclei", help="DSB 2018 nuclei tiles from the stardist wheel (real 2D, binary)")
     _common(p)
-    p.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
+    p.add_argument("--tile", type=int, default=64,
+                   help="tile side in pixels (default 64: 64 tiles; 32 gives 256 tiles of 32x32)")
     _split_args(p, 4)
-    p.add_argument("--n-test", type=int, default=16, help="number of held-out test tiles (default 16)")
+    p.add_argument("--n-test", type=int, default=16,
+                   help="number of held-out test tiles (default 16), up to all tiles but one; more test tiles "
+                        "make a benchmark's score steadier, e.g. --tile 32 --n-test 128")
     p.add_argument("--test-seed", type=int, default=0, help="seed of the test-tile draw (default 0)")
 
     from data_prep.radiomics import ALL_CASES, DEFAULT_TEST
@@ -72,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", default=",".join(DEFAULT_TEST),
                    help=f"comma-separated test cases, may be empty (default {','.join(DEFAULT_TEST)})")
     _split_args(p, 1)
+
+    p = sub.add_parser("mni152", help="MNI152 2009a T1 template slices from the nilearn wheel (real 2D MRI, GM/WM)")
+    _common(p)
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
+                   help="slice axis: 0 sagittal, 1 coronal, 2 axial (default 2)")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic resampling in mm, 1 to 8 (default 2)")
+    _split_args(p, 4)
+    p.add_argument("--test-fraction", type=float, default=0.35,
+                   help="fraction of the kept slices held out as test slabs, in [0, 1) (default 0.35)")
+    p.add_argument("--n-test-slabs", type=int, default=2,
+                   help="number of contiguous test slabs, centred in equal parts of the kept range (default 2)")
+    p.add_argument("--gap", type=int, default=2,
+                   help="slices dropped on each side of a test slab, never used for training (default 2)")
+    p.add_argument("--min-tissue", type=int, default=50,
+                   help="keep slices with at least this many grey+white matter pixels at --spacing (default 50)")
 
     p = sub.add_parser("split", help="choose the labeled subset of a fully labeled nnU-Net raw dataset")
     p.add_argument("raw_dir", type=Path, help="source dataset folder (not modified)")
@@ -106,6 +124,13 @@ def run(args: argparse.Namespace) -> Path:
         labeled = 1 if args.labeled is None and args.ratio is None else args.labeled
         return make_radiomics(args.out, cases=_names(args.cases), test=_names(args.test), labeled=labeled,
                               ratio=args.ratio, seed=args.seed, overwrite=args.overwrite, verify=args.verify)
+    if args.source == "mni152":
+        from data_prep.mni152 import make_mni152
+
+        labeled = 4 if args.labeled is None and args.ratio is None else args.labeled
+        return make_mni152(args.out, axis=args.axis, spacing=args.spacing, labeled=labeled, ratio=args.ratio,
+                           seed=args.seed, test_fraction=args.test_fraction, n_test_slabs=args.n_test_slabs,
+                           gap=args.gap, min_tissue=args.min_tissue, overwrite=args.overwrite, verify=args.verify)
     if args.source == "split":
         from data_prep.split import split_dataset
 

@@ -8,6 +8,10 @@ Format: 2D PNG (nnU-Net's NaturalImage2DIO). The source is uint16 with values 0.
 intensities exactly (8-bit when they fit, 16-bit otherwise). Tile ids are ``nuclei_r<row>_c<col>``.
 ``n_test`` tiles are held out by a draw with ``test_seed`` (fixed by default, so every labeled split is
 scored on the same test tiles); ``labeled`` of the remaining tiles are drawn with ``seed``.
+
+More test tiles: ``n_test`` may be anything up to all tiles but one (64 tiles at ``tile=64``; ``tile=32``
+gives 256 tiles of 32x32, e.g. ``n_test=128`` leaves 128 training tiles). The test tiles are the first
+``n_test`` of one fixed permutation, so a larger ``n_test`` keeps the smaller one's tiles.
 """
 from __future__ import annotations
 
@@ -67,13 +71,14 @@ def make_nuclei(out_dir: str | os.PathLike, *, tile: int = 64, labeled: int | No
     Raises:
         SemisamError: the tile size leaves too few tiles, bad ``labeled`` / ``ratio``, fetch failure.
     """
-    if tile < 16:
-        raise SemisamError(f"--tile must be at least 16, got {tile}")
+    if not 16 <= tile <= 256:
+        raise SemisamError(f"--tile must be between 16 and 256 (the image is 512x512), got {tile}")
     image, mask = load_nuclei(wheel)
     images, masks = tile_grid(image, tile), tile_grid(mask, tile)
     ids = {rc: f"nuclei_r{rc[0]}_c{rc[1]}" for rc in images}
     if not 0 <= n_test < len(ids):
-        raise SemisamError(f"--n-test must be in [0, {len(ids) - 1}] for {len(ids)} tiles of {tile}x{tile}, got {n_test}")
+        raise SemisamError(f"--n-test must be in [0, {len(ids) - 1}] for {len(ids)} tiles of {tile}x{tile}, "
+                           f"got {n_test} (a smaller --tile gives more tiles)")
     order = np.random.default_rng(test_seed).permutation(len(ids))
     all_ids = list(ids.values())
     test_ids = sorted(all_ids[i] for i in order[:n_test])

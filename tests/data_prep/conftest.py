@@ -24,6 +24,15 @@ def radiomics_sdist() -> Path:
     return fetch_sdist()
 
 
+@pytest.fixture(scope="session")
+def nilearn_wheel() -> Path:
+    """The real nilearn 0.14.1 wheel (MNI152 template files), fetched once; nilearn is never installed."""
+    from data_prep.fetch import fetch_package
+    from data_prep.mni152 import NILEARN_VERSION
+
+    return fetch_package("nilearn", NILEARN_VERSION)
+
+
 @pytest.fixture
 def plain_dataset(tmp_path: Path) -> Path:
     return make_plain_dataset(tmp_path / "Dataset990_Plain")

@@ -75,4 +75,5 @@ def test_usage_errors_are_one_line(tmp_path, plain_dataset):
     _expect_error(run_cli("split", plain_dataset, "--out", out), out, "--labeled N or --ratio r")
     _expect_error(run_cli("synthetic", "--out", out, "--bogus"), out, "unrecognized arguments")
     _expect_error(run_cli("nuclei", "--out", out, "--labeled", "2", "--ratio", "0.5"), out, "not allowed with")
+    _expect_error(run_cli("nuclei", "--out", out, "--n-test", "64"), out, "a smaller --tile gives more tiles")
     _expect_error(run_cli("radiomics", "--out", out, "--cases", "brain1,lung9"), out, "did you mean 'lung")

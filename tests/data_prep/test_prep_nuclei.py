@@ -31,3 +31,13 @@ def test_nuclei_real_tiles(tmp_path, stardist_wheel):
     assert [c.case_id for c in ds2.test_cases()] == [c.case_id for c in test]
     assert len(ds2.labeled_cases()) == 12
     assert {c.case_id for c in ds2.labeled_cases()} != {c.case_id for c in labeled}
+
+
+def test_nuclei_many_test_tiles(tmp_path, stardist_wheel):
+    # 32x32 tiles: 256 of them; half held out. A larger --n-test keeps the smaller one's test tiles.
+    big = RawDataset.open(make_nuclei(tmp_path / "big", wheel=stardist_wheel, tile=32, n_test=128))
+    small = RawDataset.open(make_nuclei(tmp_path / "small", wheel=stardist_wheel, tile=32, n_test=16))
+    assert (len(big.labeled_cases()), len(big.unlabeled_cases()), len(big.test_cases())) == (4, 124, 128)
+    assert {c.case_id for c in small.test_cases()} < {c.case_id for c in big.test_cases()}
+    img, _ = big.read_image(big.test_cases()[0].image_files)
+    assert img.shape == (1, 1, 32, 32)
