@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["rows"].append({"teacher": stage, "prompts": prompt_name, "fusion": fusion, **q,
                                         "teacher_dice_true_prompts_test": dice_true,
                                         "decode_s_per_prompt": dt / max(n_prompts, 1), "n_prompts": n_prompts})
-                _say(f"{stage:9s} {prompt_name:9s} {fusion:8s} kept-px Dice {q['accepted_dice']:.3f} "
-                     f"kept {100 * (q['kept_fraction'] or 0):.1f}%  student {q['student_dice']:.3f} SAM {q['teacher_dice']:.3f}")
+                _say(f"{stage:9s} {prompt_name:9s} {fusion:8s} kept-px Dice {_f3(q['accepted_dice'])} "
+                     f"kept {100 * (q['kept_fraction'] or 0):.1f}%  student {_f3(q['student_dice'])} SAM {_f3(q['teacher_dice'])}")
 
     score("zero-shot")
     t0 = time.time()
@@ -141,6 +141,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_json_atomic(work / "bench.json", results)
     print(table(results))
     return results
+
+
+def _f3(x: float | None) -> str:
+    """A Dice for the progress lines; "–" when undefined (None: nothing to score)."""
+    return "–" if x is None else f"{x:.3f}"
 
 
 class EmbedTimer:

@@ -5,11 +5,16 @@ Conventions (the same for files and arrays):
 * Label maps are integer arrays ``(Z, Y, X)`` (2D: ``Z == 1``) or ``(1, Z, Y, X)`` as nnU-Net reads them.
 * Pixels whose ground truth is ``ignore_label`` are excluded from both prediction and ground truth (set to
   background for every class) before anything is computed.
-* Empty masks, per class: both empty → Dice 1.0 and HD95 0.0; exactly one empty → Dice 0.0 and HD95
-  undefined, recorded as ``None`` (``null`` in JSON) and left out of HD95 means (``n_hd95`` counts the rest).
+* Empty masks, per class and case: both empty → Dice and HD95 undefined, recorded as ``None`` (``null`` in
+  JSON) and left out of that class's means, as nnU-Net's evaluation (NaN) and MONAI's ``ignore_empty`` do —
+  a student that predicts nothing gets no credit for the classes a case lacks. Exactly one empty → Dice 0.0
+  and HD95 undefined (``None``). ``n_dice`` / ``n_hd95`` count the cases each class mean is taken over; a
+  class mean with no defined case is ``None``, and the mean over classes averages the defined class means
+  only (``None`` when there is none).
 * HD95 is the symmetric 95th-percentile Hausdorff distance between the masks' boundary pixels in physical
   units (``spacing_zyx``); for 2D images (``Z == 1``) the Z axis is dropped.
-* Pooled Dice of a class: ``2 * sum(|P ∩ G|) / sum(|P| + |G|)`` over all cases (what ASSETS.md reports).
+* Pooled Dice of a class: ``2 * sum(|P ∩ G|) / sum(|P| + |G|)`` over all cases (what ASSETS.md reports);
+  ``None`` when prediction and truth are empty in every case (the sum is 0).
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ def class_metrics(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing: Sequence[
         spacing: physical size of a pixel along each axis of the masks (default 1).
 
     Returns:
-        ``{"dice", "hd95" (None if exactly one mask is empty), "intersection", "n_pred", "n_gt"}``.
+        ``{"dice", "hd95", "intersection", "n_pred", "n_gt"}``; ``dice`` is None when both masks are
+        empty, ``hd95`` is None when either is.
     """
     import torch
     from monai.metrics import compute_dice, compute_hausdorff_distance
@@ -40,14 +46,15 @@ def class_metrics(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing: Sequence[
     gt_mask = np.asarray(gt_mask, dtype=bool)
     assert pred_mask.shape == gt_mask.shape, (pred_mask.shape, gt_mask.shape)
     n_pred, n_gt = int(pred_mask.sum()), int(gt_mask.sum())
+    if n_pred == 0 and n_gt == 0:  # nothing to score: left out of the means (nnU-Net: NaN)
+        return {"dice": None, "hd95": None, "intersection": 0, "n_pred": 0, "n_gt": 0}
     inter = int(np.logical_and(pred_mask, gt_mask).sum())
     p = torch.from_numpy(pred_mask)[None, None].float()
     g = torch.from_numpy(gt_mask)[None, None].float()
-    # monai: an empty ground truth gives 1.0 if the prediction is empty too, else 0.0 (ignore_empty=False)
+    # monai: with ignore_empty=False an empty ground truth and a non-empty prediction give 0.0
     dice = float(compute_dice(p, g, include_background=True, ignore_empty=False)[0, 0])
-    if n_pred == 0 and n_gt == 0:
-        hd95: float | None = 0.0
-    elif n_pred == 0 or n_gt == 0:
+    hd95: float | None
+    if n_pred == 0 or n_gt == 0:
         hd95 = None
     else:
         with warnings.catch_warnings():
@@ -111,7 +118,8 @@ def evaluate_arrays(cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[
 
 def pooled_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: Mapping[str, int],
                 ignore_label: int | None = None) -> float | None:
-    """Pooled Dice (over cases and classes) of ``(pred_zyx, gt_zyx)`` label-map pairs; None for no pairs.
+    """Pooled Dice (over cases and classes) of ``(pred_zyx, gt_zyx)`` label-map pairs; None for no pairs
+    or when no pair has a foreground pixel in either map.
 
     Pixels where the ground truth is ``ignore_label`` are left out (see :func:`case_metrics`).
     """
@@ -122,18 +130,22 @@ def pooled_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: Mapping[
 def summarize(records: list[dict], labels: Mapping[str, int], ignore_label: int | None = None) -> dict:
     """Per-class means over cases, pooled Dice, and means over classes.
 
-    Per class: ``mean_dice`` (over cases), ``mean_hd95`` (over cases where it is defined; ``n_hd95`` of
-    them; None if none), ``pooled_dice``. Over classes: ``mean_dice``, ``mean_hd95`` (of the class means)
-    and ``pooled_dice`` (intersections and sizes summed over cases and classes).
+    Per class: ``mean_dice`` (over the ``n_dice`` cases where Dice is defined, i.e. not both masks empty),
+    ``mean_hd95`` (over the ``n_hd95`` cases where it is defined), each None if no case is; ``pooled_dice``
+    (None if both masks are empty in every case). Over classes: ``mean_dice``, ``mean_hd95`` (of the
+    defined class means; None if none) and ``pooled_dice`` (intersections and sizes summed over cases and
+    classes).
     """
     classes = {}
     for name, value in labels.items():
         per = [r["classes"][name] for r in records]
+        dices = [c["dice"] for c in per if c["dice"] is not None]
         hds = [c["hd95"] for c in per if c["hd95"] is not None]
         classes[name] = {
             "label": int(value),
             "n_cases": len(per),
-            "mean_dice": _mean([c["dice"] for c in per]),
+            "mean_dice": _mean(dices),
+            "n_dice": len(dices),
             "mean_hd95": _mean(hds),
             "n_hd95": len(hds),
             "pooled_dice": _pooled(per),
@@ -225,7 +237,7 @@ def _pooled(per: list[dict]) -> float | None:
     total = sum(c["n_pred"] + c["n_gt"] for c in per)
     if not per:
         return None
-    return 1.0 if total == 0 else 2.0 * inter / total
+    return None if total == 0 else 2.0 * inter / total
 
 
 def _file_ending(path: str) -> str:

@@ -13,21 +13,25 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def markdown_table(metrics: dict, title: str | None = None) -> str:
     """A markdown table of a metrics dict from :mod:`semisam.eval.metrics`: one row per class and a
-    mean-over-classes row with mean Dice, mean HD95 (cases where defined / all), pooled Dice, cases."""
+    mean-over-classes row with mean Dice and mean HD95 (each with cases where defined / all), pooled Dice,
+    cases. Undefined values (``None``) are shown as "–"."""
     lines = [f"## {title}", ""] if title else []
     lines += [
-        "| class | label | cases | mean Dice | mean HD95 | HD95 defined | pooled Dice |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| class | label | cases | mean Dice | Dice defined | mean HD95 | HD95 defined | pooled Dice |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, c in metrics["classes"].items():
-        lines.append(f"| {name} | {c['label']} | {c['n_cases']} | {_fmt(c['mean_dice'], 4)} | "
+        n_dice = c.get("n_dice", c["n_cases"])
+        lines.append(f"| {name} | {c['label']} | {c['n_cases']} | {_fmt(c['mean_dice'], 4)} | {n_dice}/{c['n_cases']} | "
                      f"{_fmt(c['mean_hd95'], 2)} | {c['n_hd95']}/{c['n_cases']} | {_fmt(c['pooled_dice'], 4)} |")
     if len(metrics["classes"]) > 1:
-        lines.append(f"| **mean over classes** | | {metrics['n_cases']} | {_fmt(metrics['mean_dice'], 4)} | "
+        lines.append(f"| **mean over classes** | | {metrics['n_cases']} | {_fmt(metrics['mean_dice'], 4)} | | "
                      f"{_fmt(metrics['mean_hd95'], 2)} | | {_fmt(metrics['pooled_dice'], 4)} |")
     if metrics.get("ignore_label") is not None:
         lines += ["", f"Pixels labelled {metrics['ignore_label']} (ignore) in the ground truth are excluded."]
-    lines += ["", "HD95 in the images' physical units; undefined (one mask empty) cases are left out of its mean."]
+    lines += ["", "A case where prediction and truth are both empty for a class has no Dice and no HD95 and is left "
+              "out of that class's means; HD95 is also undefined (left out) when exactly one is empty. HD95 in the "
+              "images' physical units. The mean over classes averages the classes with a defined mean."]
     return "\n".join(lines) + "\n"
 
 

@@ -44,7 +44,8 @@ def pseudo_quality(dataset: RawDataset, arrays: Mapping[str, tuple[np.ndarray, n
         keep (``accepted_dice``) and the fraction they keep (``kept_fraction``); the same pixels' student
         labels (``student_dice_on_kept``); on every candidate case the student's raw prediction
         (``student_dice``), SAM's raw masks (``teacher_dice``) and what the rejected pixels would have
-        scored as the student labelled them (``rejected_dice``); ``n_cases`` with hidden labels.
+        scored as the student labelled them (``rejected_dice``); ``n_cases`` with hidden labels. A Dice is None
+        when undefined: no case, or no foreground pixel in either map (see :mod:`semisam.eval.metrics`).
     """
     hidden = {}
     for cid in arrays:

@@ -1,4 +1,8 @@
-"""Dice / HD95 against hand-computed values, ignore label, empty masks, pooling, files and reports."""
+"""Dice / HD95 against hand-computed values, ignore label, empty masks, pooling, files and reports.
+
+Empty-mask convention (nnU-Net / MONAI ignore_empty): a class empty in both prediction and truth has no Dice
+(None) and is left out of that class's mean; it never counts as a perfect 1.0.
+"""
 import json
 import math
 
@@ -67,7 +71,7 @@ def test_empty_masks():
     empty = np.zeros((6, 6), bool)
     one = empty.copy()
     one[2, 2] = True
-    assert class_metrics(empty, empty) == {"dice": 1.0, "hd95": 0.0, "intersection": 0, "n_pred": 0, "n_gt": 0}
+    assert class_metrics(empty, empty) == {"dice": None, "hd95": None, "intersection": 0, "n_pred": 0, "n_gt": 0}
     for pred, gt in ((empty, one), (one, empty)):
         m = class_metrics(pred, gt)
         assert m["dice"] == 0.0 and m["hd95"] is None
@@ -87,6 +91,7 @@ def test_summary_means_pooled_and_multiclass():
     assert one["mean_dice"] == pytest.approx((2 / 3 + 0) / 2)
     assert one["pooled_dice"] == pytest.approx(2 * 4 / (12 + 2))
     assert one["mean_hd95"] == pytest.approx((2.0 + 7.0) / 2) and one["n_hd95"] == 2
+    assert one["n_dice"] == 2 and two["n_dice"] == 2  # no case has a class empty in both maps
     assert two["mean_dice"] == pytest.approx(0.5)
     assert two["mean_hd95"] == pytest.approx(0.0) and two["n_hd95"] == 1
     assert two["pooled_dice"] == pytest.approx(2 * 1 / (1 + 5))
@@ -97,6 +102,57 @@ def test_summary_means_pooled_and_multiclass():
 
     assert pooled_dice([(pred_a, gt_a), (pred_b, gt_b)], {"one": 1, "two": 2}) == pytest.approx(2 * 5 / (14 + 6))
     assert pooled_dice([], {"one": 1}) is None
+
+
+def test_both_empty_case_is_left_out_of_the_class_mean():
+    pred_a, gt_a = square_and_rect()  # class "fg": Dice 2/3
+    empty = np.zeros((1, 8, 8), np.uint8)  # case b: no fg in prediction or truth
+    m = evaluate_arrays([("a", pred_a, gt_a, None), ("b", empty, empty, None)], {"fg": 1})
+    b = m["cases"][1]["classes"]["fg"]
+    assert b["dice"] is None and b["hd95"] is None
+    fg = m["classes"]["fg"]
+    assert fg["mean_dice"] == pytest.approx(2 / 3)  # not (2/3 + 1) / 2
+    assert (fg["n_dice"], fg["n_hd95"], fg["n_cases"]) == (1, 1, 2)
+    assert fg["mean_hd95"] == pytest.approx(2.0)  # the both-empty case adds no 0.0 either
+    assert m["mean_dice"] == pytest.approx(2 / 3) and fg["pooled_dice"] == pytest.approx(2 * 4 / 12)
+    # the JSON written for it carries nulls
+    assert json.loads(json.dumps(m))["cases"][1]["classes"]["fg"]["dice"] is None
+
+
+def test_class_without_any_defined_case_and_empty_pool():
+    pred, gt = square_and_rect()
+    m = evaluate_arrays([("a", pred, gt, None)], {"fg": 1, "absent": 2})
+    absent = m["classes"]["absent"]
+    assert absent["mean_dice"] is None and absent["mean_hd95"] is None and absent["n_dice"] == 0
+    assert absent["pooled_dice"] is None  # 0 / 0 is undefined, not 1.0
+    assert m["mean_dice"] == pytest.approx(2 / 3)  # the mean over classes skips the undefined class
+    empty = np.zeros((1, 8, 8), np.uint8)
+    nothing = evaluate_arrays([("e", empty, empty, None)], {"fg": 1})
+    assert nothing["mean_dice"] is None and nothing["pooled_dice"] is None and nothing["mean_hd95"] is None
+    from semisam.eval.metrics import pooled_dice
+
+    assert pooled_dice([(empty, empty)], {"fg": 1}) is None
+
+
+def test_student_predicting_nothing_scores_zero_on_a_three_class_set():
+    """Each case lacks some of the 3 classes; a blank prediction used to collect 1.0 for every absent class."""
+    labels = {"a": 1, "b": 2, "c": 3}
+    present = [(1,), (2,), (3,), (1, 2)]  # classes in each case's truth
+    cases = []
+    for i, classes in enumerate(present):
+        gt = np.zeros((1, 16, 16), np.uint8)
+        for k in classes:
+            gt[0, 4 * k - 4:4 * k - 1, 2:6] = k
+        cases.append((f"c{i}", np.zeros_like(gt), gt, None))
+    m = evaluate_arrays(cases, labels)
+    assert m["mean_dice"] == 0.0 and m["pooled_dice"] == 0.0
+    for name, value in labels.items():
+        c = m["classes"][name]
+        assert c["mean_dice"] == 0.0 and c["n_dice"] == sum(value in p for p in present)
+        assert c["mean_hd95"] is None and c["n_hd95"] == 0  # one mask empty everywhere: HD95 undefined
+    # the old convention (both empty = 1.0) would have reported (2/4 + 2/4 + 3/4) / 3 ≈ 0.583 here
+    old = np.mean([np.mean([0.0 if v in p else 1.0 for p in present]) for v in labels.values()])
+    assert old == pytest.approx(0.5833, abs=1e-3)
 
 
 def test_shape_mismatch_is_a_user_error():
@@ -131,7 +187,7 @@ def test_files_png_and_report(tmp_path):
     assert loaded["cases"][1]["classes"]["fg"]["hd95"] is None  # null in JSON
     assert loaded["classes"]["fg"]["n_hd95"] == 1
     md = md_path.read_text()
-    assert "| fg | 1 | 2 | 0.3333 | 2.00 | 1/2 | 0.5000 |" in md
+    assert "| fg | 1 | 2 | 0.3333 | 2/2 | 2.00 | 1/2 | 0.5000 |" in md
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["metrics.json", "metrics.md"]
     with pytest.raises(SemisamError, match="does not exist"):
         evaluate_segmentations([("x", tmp_path / "missing.png", tmp_path / "g.png")], {"fg": 1})
