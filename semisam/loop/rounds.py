@@ -56,8 +56,8 @@ class Experiment:
 
             lg = self.cfg.logger
             self._tracker = Tracker.create(mode=lg.wandb, project=lg.project, run_dir=self.run_dir,
-                                           config=to_dict(self.cfg), name=self.cfg.experiment,
-                                           tags=list(lg.tags), entity=lg.entity, dir=lg.dir)
+                                           config=to_dict(self.cfg), name=lg.name or self.cfg.experiment,
+                                           tags=list(lg.tags), entity=lg.entity, group=lg.group, dir=lg.dir)
         return self._tracker
 
     @property
@@ -81,6 +81,8 @@ class Experiment:
             max_rounds = 0
         if max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
             raise SemisamError("teacher=none can only self-train: set filters=student, or pick a teacher")
+        if cfg.loop.init_from:
+            self.adopt_round0(Path(cfg.loop.init_from))
         try:
             accepted: dict[str, str] = {}  # case id -> pseudo-label file of the latest round that accepted it
             stop_reason = f"reached loop.max_rounds={max_rounds}"
@@ -115,6 +117,29 @@ class Experiment:
             raise
 
     # ------------------------------------------------------------------------------------------ steps
+    def adopt_round0(self, base_dir: Path) -> None:
+        """Take round 0 (dataset, preprocessing, supervised student, its evaluation) from a finished run.
+
+        The base run must have trained the same round 0: same dataset, student settings and seed (its
+        manifest's round-0 fingerprint is compared). Its files are used in place, never copied or changed.
+        """
+        from semisam.loop.state import read_manifest, round0_fingerprint
+
+        where = f"loop.init_from={base_dir}"
+        if base_dir.resolve() == self.run_dir.resolve():
+            raise SemisamError(f"{where} is this run's own folder; point it at another run")
+        base = read_manifest(base_dir)
+        if base is None:
+            raise SemisamError(f"{where} holds no semisam run (no manifest.json); run the supervised recipe there first")
+        if base.get("round0_fingerprint") != round0_fingerprint(to_dict(self.cfg)):
+            raise SemisamError(f"{where} trained its round 0 with another dataset, student or seed than this run; "
+                               "use a run of the same recipe values, or drop loop.init_from")
+        steps = base.get("steps", {})
+        for step in ("r0/dataset", "r0/preprocess", "r0/train", "r0/evaluate"):
+            if step not in steps:
+                raise SemisamError(f"{where} has not finished round 0 (step {step} missing); finish that run first")
+            self.state.adopt(step, steps[step]["result"], steps[step].get("seconds"), str(base_dir))
+
     def build_round_dataset(self, r: int, accepted: dict[str, str]) -> dict:
         """labeled (minus validation) ∪ accepted pseudo-labeled cases, as an nnU-Net raw dataset."""
         name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
@@ -310,21 +335,29 @@ class Experiment:
         self.state.run(key, lambda: True)
 
     def finish(self, stop_reason: str) -> dict[str, Any]:
+        """Select the round to keep first (never by test Dice: see :func:`select_round`), then report it in
+        ``report.md``, ``summary.json``, ``metrics.json`` (top-level ``selected``), the W&B summary
+        (``selected/...``) and the printed table. The keys are documented in ``semisam.tracking.report``."""
         from semisam.tracking.plots import plot_rounds
-        from semisam.tracking.report import write_report
+        from semisam.tracking.report import selected_entry, write_report
 
-        records = [rec for rec in self.tracker.records if rec.get("trained", True)]
         all_records = self.tracker.records
+        records = [rec for rec in all_records if rec.get("trained", True)]
+        by_val = self.cfg.loop.select_by_val
+        selected = select_round(records, by_val)
+        has_val = any((rec.get("val") or {}).get("dice_mean") is not None for rec in records)
+        selection = "val" if by_val and has_val else "last"  # select_round falls back to the last round
+        entry = selected_entry(records, selected, selection)
         plots = plot_rounds(all_records, self.run_dir / "plots")
         report = write_report(self.run_dir, all_records, to_yaml(self.cfg), plots,
-                              title=f"semisam — {self.cfg.experiment}")
-        best = select_round(records, self.cfg.loop.select_by_val)
+                              title=f"semisam — {self.cfg.experiment}", selected=selected, selection=selection)
         summary = {"stop_reason": stop_reason, "final_round": records[-1]["round"] if records else None,
-                   "selected_round": best, "report": str(report)}
-        self.tracker.summary(summary)
+                   "selected_round": selected, "selection": selection, "report": str(report), "selected": entry}
+        self.tracker.log_selected(entry)
+        self.tracker.summary({k: v for k, v in summary.items() if k != "selected"})
         self.tracker.finish()
         write_json_atomic(self.run_dir / "summary.json", summary)
-        print(dice_table(all_records, best))
+        print(dice_table(all_records, selected, selection))
         say(f"stopped: {stop_reason}. Report: {report}")
         return summary
 
@@ -350,8 +383,11 @@ def select_round(records: list[dict], by_val: bool) -> int | None:
     return records[-1]["round"]
 
 
-def dice_table(records: list[dict], selected: int | None) -> str:
-    """The table printed at the end: supervised-only (round 0) vs each round."""
+def dice_table(records: list[dict], selected: int | None, selection: str = "last") -> str:
+    """The table printed at the end: supervised-only (round 0) vs each round; the selected round marked ←
+    and stated below the table (``selection``: ``"last"`` or ``"val"``, how it was selected)."""
+    from semisam.tracking.report import selection_line
+
     def f(x: Any) -> str:
         return "–" if x is None else f"{x:.3f}"
 
@@ -367,4 +403,5 @@ def dice_table(records: list[dict], selected: int | None) -> str:
         mark = " ←" if rec["round"] == selected else ""
         lines.append(f"| {rec['round']}{mark} | {what} | {f(test.get('dice_mean'))} | {f(test.get('pooled_dice'))} | "
                      f"{f(test.get('hd95_mean'))} | {acc} | {f(pq.get('accepted_dice'))} |")
+    lines += ["", "← " + selection_line(records, selected, selection)]
     return "\n".join(lines) + "\n"

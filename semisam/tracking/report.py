@@ -1,4 +1,8 @@
-"""``report.md``: one table row per loop round, the best round's gain over round 0, links to the plots.
+"""``report.md``: one table row per loop round, the selected round's gain over round 0, links to the plots.
+
+Nothing here picks a round by test Dice: the caller passes the selected round (the last trained round, or
+the best validation Dice round with ``loop.select_by_val``; see ``semisam.loop.rounds.select_round``) and
+:func:`selected_entry` / :func:`write_report` report that round.
 
 The round record (a plain dict, one per round; what :meth:`Tracker.log_round` stores in ``metrics.json``
 and what :func:`write_report` and :func:`semisam.tracking.plots.plot_rounds` read). Every key except
@@ -11,7 +15,8 @@ and what :func:`write_report` and :func:`semisam.tracking.plots.plot_rounds` rea
       "n_added": 5,                    # cases newly accepted by this round's teacher/filters
       "n_candidates": 20,              # unlabeled cases the teacher looked at
       "accept_rate": 0.6,              # accepted fraction of the candidates in [0, 1] (unit set by the loop)
-      "test": {"dice_mean": 0.81, "hd95_mean": 3.2,
+      "test": {"dice_mean": 0.81, "pooled_dice": 0.83, "hd95_mean": 3.2,   # None: undefined (conventions:
+                                                                          # semisam.eval.metrics)
                "dice_per_class": {"nucleus": 0.81}, "hd95_per_class": {"nucleus": 3.2}},
       "val": {"dice_mean": 0.79} | None,                 # nnU-Net's validation / pseudo Dice
       "pseudo_quality": {                                # vs labelsHidden; None when no hidden labels
@@ -23,10 +28,44 @@ and what :func:`write_report` and :func:`semisam.tracking.plots.plot_rounds` rea
       } | None,
       "timings": {"train_s": 120.0, "predict_s": 10.0, "teacher_s": 30.0},   # seconds
       "cache": {"hits": 20, "misses": 0},                                      # teacher embedding cache
+      "trained": True,                 # False: a round the loop stopped in before training (not selectable)
+    }
+
+The selected round's entry (:func:`selected_entry`), stored as ``selected`` in ``summary.json`` and as the
+top-level ``selected`` of ``metrics.json``, and flattened into the W&B summary as ``selected/...``
+(``selected/test/dice_mean``, ``selected/delta_vs_round0/dice_mean``, ``selected/test/dice_per_class/<name>``,
+...; undefined values are left out there)::
+
+    {
+      "round": 2,                      # the selected round
+      "selection": "last",             # "last": the last trained round; "val": best validation Dice
+      "n_labeled": 4, "n_pseudo": 12,  # its training set
+      "test": {"dice_mean", "pooled_dice", "hd95_mean", "dice_per_class": {name: ...},
+               "hd95_per_class": {name: ...}} | None,      # the round record's test metrics, as logged
+      "val": {...} | None,             # the same for the validation cases (what "val" selected on)
+      "pseudo_quality": {...} | None,  # the pseudo-labels this round's student was trained on (None: round 0
+                                       # or no hidden labels)
+      "round0_test": {...} | None,     # round 0's (supervised only) test metrics
+      "delta_vs_round0": {"dice_mean", "pooled_dice", "hd95_mean",        # selected − round 0; a value is
+                          "dice_per_class": {name: ...}} | None,          # None where either side is; the
+    }                                                                     # whole entry None without test
+                                                                          # metrics of both rounds
+
+``summary.json`` (written by ``Experiment.finish``; its other keys also go, flattened with ``/``, into
+``metrics.json``'s ``summary`` and the W&B summary)::
+
+    {
+      "stop_reason": "reached loop.max_rounds=2",
+      "final_round": 2,                # the last trained round
+      "selected_round": 2,             # = selected["round"]; None when no round was trained
+      "selection": "last" | "val",     # = selected["selection"]
+      "report": "<run_dir>/report.md",
+      "selected": {...} | None,        # the entry above
     }
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -83,15 +122,79 @@ def class_names(records: list[Mapping[str, Any]]) -> list[str]:
     return names
 
 
-def best_vs_baseline(records: list[Mapping[str, Any]]) -> tuple[int, float, float | None] | None:
-    """``(best round, its test Dice, delta vs round 0 or None)`` by ``test.dice_mean``; None if no Dice."""
-    scored = [(r["round"], _get(r, "test", "dice_mean")) for r in records]
-    scored = [(r, d) for r, d in scored if isinstance(d, (int, float)) and d == d]
-    if not scored:
+SELECTIONS = {"last": "last round", "val": "best validation Dice"}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else None
+
+
+def _delta(a: Any, b: Any) -> float | None:
+    a, b = _number(a), _number(b)
+    return None if a is None or b is None else a - b
+
+
+def _dict_or_none(value: Any) -> dict[str, Any] | None:
+    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else None
+
+
+def selected_entry(records: list[Mapping[str, Any]], selected: int | None, selection: str) -> dict[str, Any] | None:
+    """The selected round's metrics and its difference to round 0 (schema in this module's docstring).
+
+    Args:
+        records: round records (any order); the selected round's record must be among them.
+        selected: the round the caller selected (never by test Dice), or None (no round trained).
+        selection: how it was selected: ``"last"`` or ``"val"``.
+
+    Returns:
+        The entry, or None when ``selected`` is None.
+
+    Raises:
+        ValueError: unknown ``selection``, or no record of round ``selected``.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {sorted(SELECTIONS)}, got {selection!r}")
+    if selected is None:
         return None
-    best_round, best = max(scored, key=lambda x: x[1])
-    base = dict(scored).get(0)
-    return best_round, float(best), None if base is None else float(best - base)
+    by_round = {r.get("round"): r for r in records}
+    if selected not in by_round:
+        raise ValueError(f"no record of the selected round {selected}")
+    rec = by_round[selected]
+    test = rec.get("test") if isinstance(rec.get("test"), Mapping) else None
+    base = _get(by_round.get(0) or {}, "test")
+    base = base if isinstance(base, Mapping) else None
+    delta = None
+    if test is not None and base is not None:
+        delta = {k: _delta(test.get(k), base.get(k)) for k in ("dice_mean", "pooled_dice", "hd95_mean")}
+        delta["dice_per_class"] = {n: _delta(_get(test, "dice_per_class", n), _get(base, "dice_per_class", n))
+                                   for n in (test.get("dice_per_class") or {})}
+    return {
+        "round": int(selected),
+        "selection": selection,
+        "n_labeled": rec.get("n_labeled"),
+        "n_pseudo": rec.get("n_pseudo"),
+        "test": _dict_or_none(test),
+        "val": _dict_or_none(rec.get("val")),
+        "pseudo_quality": _dict_or_none(rec.get("pseudo_quality")),
+        "round0_test": _dict_or_none(base),
+        "delta_vs_round0": delta,
+    }
+
+
+def selection_line(records: list[Mapping[str, Any]], selected: int | None, selection: str) -> str:
+    """One sentence: the selected round, how it was selected, its test Dice and the delta vs round 0."""
+    entry = selected_entry(records, selected, selection)
+    if entry is None:
+        return "No round selected (no round was trained)."
+    head = f"**Selected round: {entry['round']}** ({SELECTIONS[selection]})"
+    dice = _number(_get(entry, "test", "dice_mean"))
+    if dice is None:
+        return f"{head}; no test Dice recorded."
+    if entry["round0_test"] is None:
+        return f"{head}, test Dice {dice:.3f} (no round 0 baseline)."
+    delta = _get(entry, "delta_vs_round0", "dice_mean")
+    delta_txt = "–" if delta is None else f"{delta:+.3f}"
+    return f"{head}, test Dice {dice:.3f}, delta vs round 0 (supervised): {delta_txt}."
 
 
 def _table(records: list[Mapping[str, Any]]) -> list[str]:
@@ -138,6 +241,8 @@ def write_report(
     config_yaml: str | None = None,
     plots: list[Path] | None = None,
     title: str = "semisam run report",
+    selected: int | None = None,
+    selection: str = "last",
 ) -> Path:
     """Write ``<run_dir>/report.md`` atomically and return its path.
 
@@ -147,6 +252,9 @@ def write_report(
         config_yaml: the resolved config as YAML, shown at the end (optional).
         plots: PNGs to link (shown inline, paths relative to ``run_dir`` when inside it).
         title: the page heading.
+        selected: the round the caller selected (last trained, or best validation Dice); the report states
+            its test Dice and delta vs round 0. None: no round selected.
+        selection: how ``selected`` was chosen, ``"last"`` or ``"val"``.
 
     Returns:
         The path of ``report.md``.
@@ -158,19 +266,9 @@ def write_report(
         lines += ["No round has finished yet.", ""]
     else:
         lines += _table(records) + [""]
-        best = best_vs_baseline(records)
-        if best is None:
-            lines += ["No test Dice recorded.", ""]
-        else:
-            best_round, best_dice, delta = best
-            if delta is None:
-                lines += [f"**Best round: {best_round}**, test Dice {best_dice:.3f} (no round 0 baseline).", ""]
-            else:
-                lines += [
-                    f"**Best round: {best_round}**, test Dice {best_dice:.3f}, "
-                    f"delta vs round 0 (supervised): {delta:+.3f}.",
-                    "",
-                ]
+        lines += [selection_line(records, selected, selection), "",
+                  "The round is selected without test labels (the last round, or the best validation Dice); "
+                  "the other rounds' test Dice is shown for reference, not to pick from.", ""]
         names = class_names(records)
         if len(names) > MAX_CLASS_COLUMNS:
             lines += ["Per-class test Dice: see `metrics.json` (`rounds[*].test.dice_per_class`).", ""]

@@ -26,8 +26,11 @@ What the W&B workspace shows (keys, x-axes):
   are logged beside it), so one chart per metric shows every round. In addition
   ``student_by_round/<metric>`` is a line-series chart overlaying the rounds' curves against the epoch.
 - ``images/<name>`` — images per round (x-axis ``round``).
-- summary: ``best/round``, ``best/test_dice_mean``, ``best/delta_vs_round0`` plus whatever
-  :meth:`Tracker.summary` receives.
+- summary: ``selected/...`` — the selected round (last trained, or best validation Dice; never chosen by
+  test Dice) flattened with ``/`` (``selected/round``, ``selected/selection``, ``selected/test/dice_mean``,
+  ``selected/test/dice_per_class/<name>``, ``selected/delta_vs_round0/dice_mean``, ...; see
+  ``semisam.tracking.report``), set by :meth:`Tracker.log_selected` at the end of a run, plus whatever
+  :meth:`Tracker.summary` receives (the loop's ``summary.json``).
 
 Resume: the run id is stored in ``<run_dir>/wandb_run_id``; a rerun of the same experiment continues the
 same W&B run (``wandb.init(id=..., resume="allow")``). Rows are logged with an explicit, monotonically
@@ -197,7 +200,8 @@ class LocalSink:
          "rounds": [round record, ...]          # sorted by "round"; a round logged again replaces its record
          "training_curves": {"<round>": {"train_loss": [...], ...}},
          "images": {"<round>": {"<name>": "<path>"}},
-         "summary": {...},
+         "summary": {...},                       # flattened with "/" (as the W&B summary)
+         "selected": {...} | None,               # the selected round's entry (semisam.tracking.report)
          "wandb": {"mode": ..., "run_id": ..., "step": <last W&B step used>}}
     """
 
@@ -210,6 +214,7 @@ class LocalSink:
             "training_curves": {},
             "images": {},
             "summary": {},
+            "selected": None,
             "wandb": {},
         }
         if self.path.is_file():
@@ -287,6 +292,7 @@ class Tracker:
         name: str | None = None,
         tags: list[str] | tuple[str, ...] | None = None,
         entity: str | None = None,
+        group: str | None = None,
         resume_id: str | None = None,
         dir: str | os.PathLike | None = None,  # noqa: A002 - mirrors wandb.init(dir=...)
     ) -> "Tracker":
@@ -298,6 +304,7 @@ class Tracker:
             run_dir: the experiment's folder; gets ``metrics.json`` and ``wandb_run_id``.
             config: the resolved experiment config (plain dict), stored as the W&B run config.
             name, tags, entity: W&B display name, tags and entity (team/user; ``None`` = default).
+            group: W&B run group (``semisam compare`` puts the runs of one comparison in one group).
             resume_id: continue this W&B run id; default: the id stored in ``run_dir/wandb_run_id`` if any,
                 else a new id (then written there).
             dir: where W&B writes its ``wandb/`` folder; default ``WANDB_DIR`` if set, else ``run_dir``.
@@ -342,6 +349,7 @@ class Tracker:
                 entity=entity,
                 name=name,
                 tags=list(tags) if tags else None,
+                group=group,
                 config=config,
                 id=run_id,
                 resume="allow",
@@ -358,7 +366,7 @@ class Tracker:
         run.define_metric("images/*", step_metric="round")
         run.define_metric("student/global_epoch")
         run.define_metric("student/*", step_metric="student/global_epoch")
-        local.set_wandb(mode=mode, run_id=run.id, project=project, dir=str(wandb_dir))
+        local.set_wandb(mode=mode, run_id=run.id, project=project, dir=str(wandb_dir), group=group)
         return cls(local, run, mode, wandb_dir)
 
     # ---------------------------------------------------------------- logging
@@ -382,7 +390,7 @@ class Tracker:
         """Record one round (see ``semisam.tracking.report`` for the record schema).
 
         Locally the record is stored as given (JSON types). W&B gets the numeric/string leaves flattened as
-        ``round/<path>`` with x-axis ``round``, and the summary's ``best/*`` is updated from test Dice.
+        ``round/<path>`` with x-axis ``round``. No round is picked here (see :meth:`log_selected`).
         """
         flat = {}
         for key, value in flatten_metrics(metrics, prefix="round").items():
@@ -393,9 +401,6 @@ class Tracker:
                 flat[key] = scalar
         self._wandb_log({"round": int(round_idx), **flat})
         self.local.log_round(round_idx, metrics)
-        best = _best_summary(self.local.data["rounds"])
-        if best:
-            self.summary(best)
 
     def log_training_curve(self, round_idx: int, nnunet_logging: Mapping[str, Any]) -> dict[str, list[float]]:
         """Log one round's student training curves (nnU-Net's per-epoch logger dict).
@@ -483,6 +488,28 @@ class Tracker:
                     self.run.summary[key] = scalar
         self.local.summary(flat)
 
+    def log_selected(self, selected: Mapping[str, Any] | None) -> None:
+        """Record the selected round's entry (``semisam.tracking.report.selected_entry``).
+
+        ``metrics.json`` gets it as its top-level ``selected``; the summary (local and W&B) gets it flattened
+        as ``selected/...``. Keys of an earlier selection (a resumed run) and old ``best/*`` keys that the
+        new entry does not set are removed, so the summary never mixes two selections.
+        """
+        flat = flatten_metrics({"selected": selected}) if selected else {}
+        stale = [k for k in self.local.data["summary"]
+                 if k.startswith(("selected/", "best/")) and k not in flat]
+        for key in stale:
+            self.local.data["summary"].pop(key, None)
+            if self.run is not None:
+                try:
+                    del self.run.summary[key]
+                except Exception:  # noqa: BLE001 - a key W&B no longer holds
+                    pass
+        self.local.data["selected"] = None if selected is None else _jsonable(dict(selected))
+        if flat:
+            self.summary(flat)
+        self.local.save()
+
     def finish(self, exit_code: int = 0) -> None:
         """Close the W&B run (idempotent). In offline mode, print one line telling how to upload it."""
         if self._finished:
@@ -508,23 +535,6 @@ class Tracker:
 
 
 # ----------------------------------------------------------------------------------------------- private
-def _best_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """``best/round``, ``best/test_dice_mean``, ``best/delta_vs_round0`` from the records' test Dice."""
-    scored = [
-        (r["round"], r["test"]["dice_mean"])
-        for r in records
-        if isinstance(r.get("test"), Mapping) and isinstance(r["test"].get("dice_mean"), (int, float))
-    ]
-    if not scored:
-        return {}
-    best_round, best = max(scored, key=lambda x: x[1])
-    out: dict[str, Any] = {"best/round": best_round, "best/test_dice_mean": best}
-    base = dict(scored).get(0)
-    if base is not None:
-        out["best/delta_vs_round0"] = best - base
-    return out
-
-
 def _plain_config(config: Any) -> dict[str, Any]:
     """A resolved plain dict from a dict or an OmegaConf/Hydra config."""
     if config is None:

@@ -78,6 +78,14 @@ def test_two_rounds_end_to_end(smoke_run, synthetic):
     for png in ("plots/test_dice.png", "plots/accept_rate.png", "round_01/gallery.png"):
         assert (run_dir / png).stat().st_size > 1000, png
     assert "| round | training set | test Dice" in proc.stdout  # the final table
+    # the selected round (the last: loop.select_by_val is off) is what summary.json, metrics.json, the report
+    # and the table report, never the best test round
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["selected_round"], summary["selection"]) == (2, "last")
+    assert summary["selected"] == metrics["selected"] and summary["selected"]["test"] == metrics["rounds"][2]["test"]
+    assert summary["selected"]["pseudo_quality"] == metrics["rounds"][2]["pseudo_quality"]
+    assert "**Selected round: 2** (last round)" in report and "Best round" not in report
+    assert "← **Selected round: 2** (last round)" in proc.stdout
     # the embedding cache served round 2 from disk/memory (the image encoder ran once per image per run)
     assert steps["r2/teacher"]["result"]["cache"]["misses"] == steps["r1/teacher"]["result"]["cache"]["misses"]
 
@@ -93,6 +101,12 @@ def test_wandb_offline_run_holds_the_logged_keys(smoke_run, synthetic):
                 "student/val_loss", "student/pseudo_dice"):
         assert key in keys, key
     assert any(k.startswith("images/gallery/") for k in keys)  # a wandb.Image is logged as a nested record
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.summary.update})
+    assert summary["selected/round"] == 2 and summary["selected/selection"] == "last"
+    assert "selected/test/dice_mean" in summary and not any(k.startswith("best/") for k in summary)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
     assert config["teacher"]["name"] == "tiny_random" and config["dataset"]["raw_dir"] == str(synthetic)
@@ -238,6 +252,7 @@ def test_a_round_that_rejects_every_case_stops_and_keeps_the_previous_student(sy
     assert not list((run_dir / "round_01" / "pseudo").glob("*.png"))  # nothing rejected is written
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_round"] == 0 and "rejected every" in summary["stop_reason"]
+    assert summary["selected_round"] == 0 and summary["selected"]["round"] == 0  # round 1 was never trained
 
 
 @pytest.mark.slow

@@ -45,6 +45,75 @@ def test_dice_table_marks_the_selected_round():
     assert rows[0].startswith("| 0 | labeled only (supervised) | 0.500 | 0.520 | 3.000")
     assert rows[1].startswith("| 1 ← | 1 + 5 pseudo | 0.600") and "5 new, 50%" in rows[1] and "0.900" in rows[1]
     assert "not trained (stopped)" in rows[2]
+    assert "← **Selected round: 1** (last round), test Dice 0.600, delta vs round 0 (supervised): +0.100." in table
+    assert "Selected round: 0** (best validation Dice), test Dice 0.500" in dice_table(records, 0, "val")
+
+
+def _finish(tmp_path, records, overrides, capsys):
+    """``Experiment.finish`` on logged round records (no training): the run's outputs, read back."""
+    from semisam.config import compose
+    from semisam.loop.rounds import Experiment
+    from semisam.tracking import Tracker
+
+    exp = Experiment.__new__(Experiment)
+    exp.cfg = compose(["logger=disabled", *overrides])
+    exp.run_dir = tmp_path / "run"
+    exp._tracker = Tracker.create("disabled", "p", exp.run_dir)
+    for rec in records:
+        exp._tracker.log_round(rec["round"], rec)
+    summary = exp.finish("reached loop.max_rounds=2")
+    out = capsys.readouterr().out
+    on_disk = json.loads((exp.run_dir / "summary.json").read_text())
+    metrics = json.loads((exp.run_dir / "metrics.json").read_text())
+    return summary, on_disk, metrics, (exp.run_dir / "report.md").read_text(), out
+
+
+def _records():
+    def test(d):
+        return {"dice_mean": d, "pooled_dice": d + 0.01, "hd95_mean": 10 * (1 - d),
+                "dice_per_class": {"a": d, "b": None}, "hd95_per_class": {"a": 10 * (1 - d), "b": None}}
+
+    return [{"round": 0, "n_labeled": 2, "n_pseudo": 0, "test": test(0.6), "val": {"dice_mean": 0.5}, "trained": True},
+            {"round": 1, "n_labeled": 2, "n_pseudo": 4, "test": test(0.9), "val": {"dice_mean": 0.7},
+             "pseudo_quality": {"accepted_dice": 0.8, "student_dice": 0.7}, "trained": True},
+            {"round": 2, "n_labeled": 2, "n_pseudo": 6, "test": test(0.7), "val": {"dice_mean": 0.6},
+             "pseudo_quality": {"accepted_dice": 0.75, "student_dice": 0.72}, "trained": True},
+            {"round": 3, "n_candidates": 6, "accept_rate": 0.0, "trained": False}]
+
+
+@pytest.mark.parametrize("by_val,selected,selection", [(False, 2, "last"), (True, 1, "val")])
+def test_finish_reports_the_selected_round_never_the_best_test_round(tmp_path, capsys, by_val, selected, selection):
+    recs = _records()
+    if not by_val:
+        recs[1]["test"]["dice_mean"] = 0.95  # round 1 has the best test Dice; "last" still keeps round 2
+    summary, on_disk, metrics, report, out = _finish(tmp_path, recs, [f"loop.select_by_val={str(by_val).lower()}"],
+                                                     capsys)
+    assert on_disk == json.loads(json.dumps(summary))
+    assert (on_disk["selected_round"], on_disk["selection"], on_disk["final_round"]) == (selected, selection, 2)
+    entry = on_disk["selected"]
+    assert entry == metrics["selected"]
+    assert entry["round"] == selected and entry["selection"] == selection
+    assert entry["test"] == recs[selected]["test"] and entry["round0_test"] == recs[0]["test"]
+    assert entry["pseudo_quality"] == recs[selected]["pseudo_quality"]
+    d = recs[selected]["test"]["dice_mean"] - 0.6
+    assert entry["delta_vs_round0"]["dice_mean"] == pytest.approx(d)
+    assert entry["delta_vs_round0"]["dice_per_class"] == {"a": pytest.approx(d), "b": None}
+    flat = metrics["summary"]
+    assert flat["selected/round"] == selected and flat["selected/selection"] == selection
+    assert flat["selected/test/dice_mean"] == recs[selected]["test"]["dice_mean"]
+    assert flat["selected/test/hd95_per_class/a"] == pytest.approx(recs[selected]["test"]["hd95_per_class"]["a"])
+    assert flat["selected_round"] == selected and not any(k.startswith("best/") for k in flat)
+    rule = {"last": "last round", "val": "best validation Dice"}[selection]
+    line = f"**Selected round: {selected}** ({rule}), test Dice {recs[selected]['test']['dice_mean']:.3f}"
+    assert line in report and line in out and "Best round" not in report
+    assert f"| {selected} ← |" in out
+
+
+def test_finish_with_select_by_val_but_no_validation_falls_back_to_last(tmp_path, capsys):
+    recs = [{k: v for k, v in r.items() if k != "val"} for r in _records()]
+    _, on_disk, _, report, _ = _finish(tmp_path, recs, ["loop.select_by_val=true"], capsys)
+    assert (on_disk["selected_round"], on_disk["selection"]) == (2, "last")
+    assert "**Selected round: 2** (last round)" in report
 
 
 def test_run_state_records_steps_last_and_refuses_another_recipe(tmp_path):

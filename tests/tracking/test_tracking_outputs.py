@@ -7,6 +7,7 @@ from matplotlib.image import imread
 
 from semisam.tracking import overlay_gallery, plot_rounds, write_report
 from semisam.tracking.gallery import label_rgba
+from semisam.tracking.report import selected_entry
 
 
 def records(with_hidden: bool = True) -> list[dict]:
@@ -70,7 +71,7 @@ def test_overlay_gallery_rows_and_ignore_colour(tmp_path):
 
 def test_report_has_a_row_per_round_and_the_delta(tmp_path):
     plots = plot_rounds(records(), tmp_path / "plots")
-    path = write_report(tmp_path, records(), "loop:\n  rounds: 2\n", plots)
+    path = write_report(tmp_path, records(), "loop:\n  rounds: 2\n", plots, selected=2, selection="last")
     text = path.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| round")]
     assert len(rows) == 3
@@ -78,10 +79,38 @@ def test_report_has_a_row_per_round_and_the_delta(tmp_path):
     assert rows[1].startswith("| 1 | 4 | 3 (+3) | 60.0 % | 0.780 |") and "0.900 | 0.850" in rows[1]
     assert "| 4/4 | 115.0 |" in rows[1]
     assert "Dice tumour" in text and "PL Dice accepted" in text and "val Dice" in text
-    assert "**Best round: 1**" in text and "delta vs round 0 (supervised): +0.080" in text
+    # the selected (last) round, not round 1 whose test Dice 0.78 is the highest
+    assert ("**Selected round: 2** (last round), test Dice 0.760, delta vs round 0 (supervised): +0.060."
+            in text)
+    assert "Best round" not in text and "+0.080" not in text
     assert "![test_dice](plots/test_dice.png)" in text and "rounds: 2" in text
+    text = write_report(tmp_path / "v", records(), None, None, selected=1, selection="val").read_text()
+    assert "**Selected round: 1** (best validation Dice), test Dice 0.780, delta vs round 0 (supervised): +0.080." in text
 
     bare = [{"round": 1, "test": {"dice_mean": 0.5}}]
-    text = write_report(tmp_path / "b", bare, None, []).read_text()
+    text = write_report(tmp_path / "b", bare, None, [], selected=1).read_text()
     assert "no round 0 baseline" in text and "PL Dice" not in text and "HD95" not in text
+    text = write_report(tmp_path / "n", [{"round": 0, "test": {"dice_mean": None}}], None, [], selected=0).read_text()
+    assert "**Selected round: 0** (last round); no test Dice recorded." in text and "| 0 | – |" in text
     assert "No round has finished yet" in write_report(tmp_path / "c", [], None, None).read_text()
+
+
+def test_selected_entry_reports_the_given_round_and_its_delta():
+    recs = records()
+    recs[2]["test"]["pooled_dice"] = 0.8
+    recs[0]["test"]["pooled_dice"] = None  # undefined on one side: no delta for it
+    entry = selected_entry(recs, 2, "last")
+    assert entry["round"] == 2 and entry["selection"] == "last" and (entry["n_labeled"], entry["n_pseudo"]) == (4, 6)
+    assert entry["test"] == recs[2]["test"] and entry["val"] == {"dice_mean": pytest.approx(0.78)}
+    assert entry["pseudo_quality"]["accepted_dice"] == 0.9 and entry["round0_test"] == recs[0]["test"]
+    delta = entry["delta_vs_round0"]
+    assert delta["dice_mean"] == pytest.approx(0.06) and delta["hd95_mean"] == pytest.approx(-0.5)
+    assert delta["pooled_dice"] is None
+    assert delta["dice_per_class"] == {"tumour": pytest.approx(0.06), "oedema": pytest.approx(0.06)}
+    assert selected_entry(recs, 0, "last")["pseudo_quality"] is None
+    assert selected_entry(recs[1:], 2, "val")["delta_vs_round0"] is None  # no round 0
+    assert selected_entry(recs, None, "last") is None
+    with pytest.raises(ValueError, match="selection"):
+        selected_entry(recs, 2, "test")
+    with pytest.raises(ValueError, match="no record"):
+        selected_entry(recs, 7, "last")

@@ -9,6 +9,7 @@ import pytest
 from wandb_files import history_rows, offline_runs, wait_for_records  # tests/ is on sys.path (conftest)
 
 from semisam.tracking import Tracker, load_nnunet_logging, nnunet_curves
+from semisam.tracking.report import selected_entry
 from semisam.utils.errors import SemisamError
 
 
@@ -54,6 +55,8 @@ def test_offline_run_has_the_logged_keys(tmp_path, monkeypatch, capsys):
     tracker.log_training_curve(1, {"logging": nnunet_logging(2, 0.8)})  # checkpoint form
     tracker.log_images(1, {"gallery": png, "array": np.zeros((8, 8, 3), np.uint8)})
     tracker.log_round(1, record(0.75, 0.5))
+    assert not [k for k in tracker.local.data["summary"] if k.startswith("best/")]  # nothing picked by test Dice
+    tracker.log_selected(selected_entry(tracker.records, 0, "val"))  # the caller's choice, even if not the max
     tracker.finish()
     run_id = tracker.run_id
     assert "wandb sync" in capsys.readouterr().err
@@ -94,8 +97,18 @@ def test_offline_run_has_the_logged_keys(tmp_path, monkeypatch, capsys):
     assert metrics["rounds"][0]["test"]["hd95_mean"] == 3.5 and metrics["rounds"][0]["note"] == "text is kept"
     assert metrics["training_curves"]["1"]["train_loss"] == pytest.approx([0.8, 0.7])
     assert Path(metrics["images"]["1"]["array"]).is_file()
-    assert metrics["summary"]["best/round"] == 1
-    assert metrics["summary"]["best/delta_vs_round0"] == pytest.approx(0.05)
+    assert metrics["selected"]["round"] == 0 and metrics["selected"]["selection"] == "val"
+    assert metrics["selected"]["test"]["dice_mean"] == 0.70
+    assert metrics["selected"]["delta_vs_round0"]["dice_mean"] == 0.0
+    assert metrics["summary"]["selected/round"] == 0 and metrics["summary"]["selected/test/dice_mean"] == 0.70
+    assert not [k for k in metrics["summary"] if k.startswith("best/")]
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.summary.update})
+    assert summary["selected/round"] == 0 and summary["selected/selection"] == "val"
+    assert summary["selected/test/dice_per_class/nucleus"] == 0.70
+    assert "best/round" not in summary
 
 
 def test_resume_continues_the_same_run(tmp_path, monkeypatch):
@@ -127,12 +140,20 @@ def test_disabled_writes_metrics_but_no_wandb(tmp_path, monkeypatch):
         tracker.log_round(0, record(0.5, None))
         tracker.log_images(0, {"grey": np.random.default_rng(0).random((8, 8))})
         tracker.summary({"final": {"dice": 0.5}})
+        tracker.log_round(1, dict(record(0.6, 0.5), test={"dice_mean": 0.6, "dice_per_class": {"nucleus": 0.6}}))
+        tracker.log_selected(selected_entry(tracker.records, 1, "last"))
+        tracker.log_round(1, dict(record(0.55, 0.5), test={"dice_mean": 0.55, "dice_per_class": {"nucleus": None}}))
+        tracker.log_selected(selected_entry(tracker.records, 1, "last"))  # a resumed run selecting again
     assert set(curves) >= {"train_loss", "pseudo_dice/class_1", "epoch_s"}
     assert not (tmp_path / "wb").exists() and not (run_dir / "wandb").exists()
     assert not (run_dir / "wandb_run_id").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["rounds"][0]["test"]["dice_mean"] == 0.5
     assert metrics["summary"]["final/dice"] == 0.5
+    assert metrics["selected"]["round"] == 1 and metrics["selected"]["test"]["dice_mean"] == 0.55
+    assert metrics["selected"]["test"]["dice_per_class"] == {"nucleus": None}
+    assert metrics["summary"]["selected/delta_vs_round0/dice_mean"] == pytest.approx(0.05)
+    assert "selected/test/dice_per_class/nucleus" not in metrics["summary"]  # the stale 0.6 is gone
     assert (run_dir / "images" / "r00_grey.png").stat().st_size > 0
 
 
