@@ -1,0 +1,182 @@
+"""semisam compare without training: method names, statistics, planning, bad input, the output folder."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.synthetic import make_synthetic
+from semisam.compare.methods import parse_method, parse_methods, slugify
+from semisam.compare.report import summarize, table
+from semisam.compare.runner import CompareSpec, check_out_folder, check_source, plan
+from semisam.compare.stats import describe, paired_difference, t_interval
+from semisam.config.compose import list_options
+from semisam.utils.errors import SemisamError
+
+EXPERIMENTS = ["demo", "samdsk", "smoke", "supervised"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cmpdata")
+    return make_synthetic(root / "Dataset900_Synthetic", n_train=6, n_labeled=2, n_test=2, size=32, seed=1)
+
+
+def spec(dataset: Path, out: Path, **kw) -> CompareSpec:
+    args = dict(dataset=dataset, out=out, methods=["supervised", "selftrain"], seeds=[0, 1], draws=[0],
+                labeled=2, overrides=["student=tiny", "loop.max_rounds=1", "logger=disabled"])
+    args.update(kw)
+    return CompareSpec(**args)
+
+
+# ------------------------------------------------------------------------------------------ methods
+def test_builtin_and_recipe_methods():
+    assert parse_method("supervised", EXPERIMENTS).overrides == ("experiment=supervised",)
+    assert parse_method("full", EXPERIMENTS).dataset == "full"
+    assert parse_method("selftrain", EXPERIMENTS).overrides == ("experiment=samdsk", "teacher=none", "filters=student")
+    m = parse_method("samdsk  filters=sam prompts.box_margin=4", EXPERIMENTS)
+    assert m.label == "samdsk filters=sam prompts.box_margin=4"
+    assert m.overrides == ("experiment=samdsk",) and m.extra == ("filters=sam", "prompts.box_margin=4")
+    assert m.slug == slugify(m.label) == "samdsk__filters-sam__prompts.box_margin-4"
+
+
+def test_supervised_is_always_first_and_once():
+    methods = parse_methods(["samdsk", "supervised", "supervised"], EXPERIMENTS)
+    assert [m.label for m in methods] == ["supervised", "samdsk"]
+    assert [m.label for m in parse_methods(["selftrain"], EXPERIMENTS)] == ["supervised", "selftrain"]
+
+
+@pytest.mark.parametrize("label, words", [
+    ("samdks", ["unknown method 'samdks'", "did you mean 'samdsk'"]),
+    ("filters=sam", ["unknown method", "after `--`"]),
+    ("samdsk filters", ["'filters' is not a recipe override"]),
+    ("", ["empty method name"]),
+])
+def test_bad_method_names(label, words):
+    with pytest.raises(SemisamError) as e:
+        parse_method(label, EXPERIMENTS)
+    for w in words:
+        assert w in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_describe_and_t_interval_against_hand_computation():
+    d = describe([0.8, 0.9, None, float("nan"), 1.0])
+    assert d["n"] == 3 and math.isclose(d["mean"], 0.9) and math.isclose(d["sd"], 0.1)
+    lo, hi = t_interval([0.8, 0.9, 1.0])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2}
+    assert math.isclose(lo, 0.9 - half) and math.isclose(hi, 0.9 + half)
+    assert t_interval([0.5]) == (None, None)
+    assert t_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_paired_difference_drops_incomplete_pairs():
+    p = paired_difference([0.8, None, 0.9, 0.7], [0.7, 0.6, 0.85, float("nan")])
+    assert p["n"] == 2 and p["diffs"] == pytest.approx([0.1, 0.05])
+    assert p["mean"] == pytest.approx(0.075) and p["lo"] < 0.075 < p["hi"]
+    with pytest.raises(ValueError):
+        paired_difference([0.1], [0.1, 0.2])
+
+
+def row(method, draw, seed, dice, per_class=None, status="done"):
+    return {"method": method, "draw": draw, "seed": seed, "status": status, "dice": dice, "pooled_dice": dice,
+            "hd95": 2.0, "wall_s": 60.0, "dice_per_class": per_class or {"a": dice}, "pseudo_quality": None}
+
+
+def test_summary_pairs_on_draw_and_seed_and_full_with_every_draw():
+    rows = [row("supervised", d, s, 0.5 + 0.1 * d + 0.01 * s) for d in (0, 1) for s in (0, 1)]
+    rows += [row("samdsk", d, s, 0.52 + 0.1 * d + 0.01 * s) for d in (0, 1) for s in (0, 1)]
+    rows += [row("full", None, s, 0.9) for s in (0, 1)]
+    rows.append(row("samdsk", 2, 0, None, status="failed"))
+    out = summarize(rows, ["supervised", "samdsk", "full"])
+    sam = out["methods"]["samdsk"]
+    assert sam["runs"] == 5 and sam["finished"] == 4
+    assert sam["vs_supervised"]["diffs"] == pytest.approx([0.02] * 4)
+    assert sam["vs_supervised"]["lo"] == pytest.approx(0.02)  # sd 0: the interval collapses
+    full = out["methods"]["full"]["vs_supervised"]
+    assert full["n"] == 4  # each full run paired with both draws at its seed
+    assert sorted(full["diffs"]) == pytest.approx(sorted(0.9 - r["dice"] for r in rows[:4]))
+    text = table(out)
+    assert "`samdsk` | 4 of 5 |" in text and "+0.020 [+0.020, +0.020]" in text
+
+
+# ------------------------------------------------------------------------------------------ planning and input
+def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
+    cells = plan(spec(dataset, tmp_path / "out", methods=["selftrain", "full", "samdsk student.epochs=2"]))
+    names = [(c.method.label, c.draw, c.seed) for c in cells]
+    assert names[:2] == [("supervised", 0, 0), ("supervised", 0, 1)]  # supervised first: others depend on it
+    sup = {(c.draw, c.seed): c for c in cells if c.method.label == "supervised"}
+    for c in cells:
+        if c.method.label == "selftrain":
+            assert c.depends_on is sup[(c.draw, c.seed)]
+            assert c.cfg.loop.init_from == str(sup[(c.draw, c.seed)].run_dir)
+            assert c.cfg.teacher.name == "none" and c.cfg.loop.max_rounds == 1
+        if c.method.label == "full":
+            assert c.draw is None and c.cfg.loop.max_rounds == 0 and c.depends_on is None
+            assert c.cfg.dataset.raw_dir.endswith("data/full")
+        if c.method.label.startswith("samdsk"):
+            assert c.depends_on is None  # another student budget: its round 0 is its own
+        if c.method.label == "supervised":
+            assert c.cfg.loop.max_rounds == 0  # the common loop.max_rounds=1 does not make it a loop
+        assert c.cfg.seed == c.seed and c.cfg.logger.group == "compare-out"
+    assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_override_that_does_not_compose_names_its_method(dataset, tmp_path):
+    with pytest.raises(SemisamError, match=r"method 'samdsk filters.iou_thres=0.5'.*iou_thresh"):
+        plan(spec(dataset, tmp_path / "out", methods=["samdsk filters.iou_thres=0.5"]))
+    with pytest.raises(SemisamError, match="student.epoch"):
+        plan(spec(dataset, tmp_path / "out", overrides=["student.epoch=3"]))
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"seeds": []}, "--seeds is empty"),
+    ({"draws": []}, "--labeled-draws is empty"),
+    ({"labeled": None}, "--labeled N or --ratio r"),
+    ({"labeled": 6}, "must be in [1, 5]"),
+    ({"seeds": [0, 0]}, "must not repeat"),
+])
+def test_bad_spec(dataset, tmp_path, kw, words):
+    with pytest.raises(SemisamError, match=None) as e:
+        check_source(spec(dataset, tmp_path / "out", **kw))
+    assert words in str(e.value)
+
+
+def test_dataset_without_test_cases_is_refused(tmp_path):
+    ds = make_synthetic(tmp_path / "Dataset900_Synthetic", n_train=6, n_labeled=2, n_test=0, size=32)
+    with pytest.raises(SemisamError, match="no test cases"):
+        check_source(spec(ds, tmp_path / "out"))
+
+
+def test_out_folder_of_another_comparison_is_refused(dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "compare_spec.json").write_text(json.dumps({"dataset": str(dataset.resolve()), "labeled": 3}))
+    with pytest.raises(SemisamError, match="another dataset_identity, labeled, overrides "):
+        check_out_folder(spec(dataset, out))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SemisamError, match="not a semisam comparison folder"):
+        check_out_folder(spec(dataset, other))
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(dataset, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "semisam", "compare", "--dataset", str(dataset), "--out", str(out),
+                           "--labeled", "2", "--methods", "supervised", "samdks", "--", "student=tiny"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: unknown method 'samdks'"), proc.stderr
+    assert not out.exists()
+
+
+def test_every_experiment_recipe_is_a_method():
+    names = list_options()["experiment"]
+    assert {"samdsk", "supervised"} <= set(names)
+    assert [m.label for m in parse_methods(names, names)][0] == "supervised"
