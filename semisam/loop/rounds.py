@@ -14,7 +14,7 @@ from semisam.data import RawDataset
 from semisam.data.raw import CaseData, write_raw_dataset
 from semisam.data.split import Split
 from semisam.loop.evaluation import evaluate_students_cases, pseudo_quality
-from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, say
+from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, round0_steps, say
 from semisam.loop.state import RunState
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import write_json_atomic
@@ -81,8 +81,9 @@ class Experiment:
             max_rounds = 0
         if max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
             raise SemisamError("teacher=none can only self-train: set filters=student, or pick a teacher")
-        if cfg.loop.init_from:
-            self.adopt_round0(Path(cfg.loop.init_from))
+        if cfg.loop.init_from:  # checked by run_experiment before anything was written
+            for step, entry in round0_steps(Path(cfg.loop.init_from), cfg).items():
+                state.adopt(step, entry["result"], entry.get("seconds"), cfg.loop.init_from)
         try:
             accepted: dict[str, str] = {}  # case id -> pseudo-label file of the latest round that accepted it
             stop_reason = f"reached loop.max_rounds={max_rounds}"
@@ -117,29 +118,6 @@ class Experiment:
             raise
 
     # ------------------------------------------------------------------------------------------ steps
-    def adopt_round0(self, base_dir: Path) -> None:
-        """Take round 0 (dataset, preprocessing, supervised student, its evaluation) from a finished run.
-
-        The base run must have trained the same round 0: same dataset, student settings and seed (its
-        manifest's round-0 fingerprint is compared). Its files are used in place, never copied or changed.
-        """
-        from semisam.loop.state import read_manifest, round0_fingerprint
-
-        where = f"loop.init_from={base_dir}"
-        if base_dir.resolve() == self.run_dir.resolve():
-            raise SemisamError(f"{where} is this run's own folder; point it at another run")
-        base = read_manifest(base_dir)
-        if base is None:
-            raise SemisamError(f"{where} holds no semisam run (no manifest.json); run the supervised recipe there first")
-        if base.get("round0_fingerprint") != round0_fingerprint(to_dict(self.cfg)):
-            raise SemisamError(f"{where} trained its round 0 with another dataset, student or seed than this run; "
-                               "use a run of the same recipe values, or drop loop.init_from")
-        steps = base.get("steps", {})
-        for step in ("r0/dataset", "r0/preprocess", "r0/train", "r0/evaluate"):
-            if step not in steps:
-                raise SemisamError(f"{where} has not finished round 0 (step {step} missing); finish that run first")
-            self.state.adopt(step, steps[step]["result"], steps[step].get("seconds"), str(base_dir))
-
     def build_round_dataset(self, r: int, accepted: dict[str, str]) -> dict:
         """labeled (minus validation) ∪ accepted pseudo-labeled cases, as an nnU-Net raw dataset."""
         name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
