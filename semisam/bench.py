@@ -38,8 +38,9 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def train_student(raw_dir: Path, work: Path, *, epochs: int, iterations: int, device: str) -> Path:
-    """Round-0 student (reused when ``work`` already holds it); returns the unlabeled-probabilities folder."""
+def train_student(raw_dir: Path, work: Path, *, epochs: int, iterations: int, device: str, seed: int = 0) -> Path:
+    """Round-0 student trained with ``seed`` (reused when ``work`` already holds it, whatever its seed); returns
+    the unlabeled-probabilities folder."""
     from semisam.data import RawDataset
     from semisam.student.driver import NnUNetStudent
 
@@ -52,7 +53,7 @@ def train_student(raw_dir: Path, work: Path, *, epochs: int, iterations: int, de
     student.plan_and_preprocess(ds_id, ("2d",))
     t0 = time.time()
     model = student.train(ds_id, "2d", "all", epochs=epochs, iterations_per_epoch=iterations,
-                          val_iterations_per_epoch=5)
+                          val_iterations_per_epoch=5, seed=seed)
     _say(f"student trained in {time.time() - t0:.0f} s")
     student.predict(model, [list(c.image_files) for c in ds.unlabeled_cases()], probs_dir, save_probabilities=True)
     test_dir = work / "pred_test"
@@ -78,21 +79,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from semisam.student.driver import load_probabilities
     from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler, build_pseudolabeler
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)  # belt and braces: the student and the teacher get the seed explicitly
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ds = RawDataset.open(args.raw_dir)
     fg = {k: v for k, v in ds.labels.items() if v}
     ignore = ds.ignore_label if ds.ignore_label is not None else max(ds.labels.values()) + 1
     probs_dir = train_student(Path(args.raw_dir), work, epochs=args.epochs, iterations=args.iterations,
-                              device=args.device)
+                              device=args.device, seed=args.seed)
     unl = ds.unlabeled_cases()
     images = {c.case_id: ds.read_image(c.image_files)[0] for c in unl}
     probs = {c.case_id: load_probabilities(probs_dir / f"{c.case_id}.npz")[0] for c in unl}
     test = [(c.case_id, ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in ds.test_cases()]
 
     cfg = compose([f"dataset.raw_dir={args.raw_dir}", f"teacher={args.teacher}", f"teacher.adapt.steps={args.adapt_steps}",
-                   f"device={args.device}"] + ([f"teacher.checkpoint={args.checkpoint}"] if args.checkpoint else []))
+                   f"device={args.device}", f"seed={args.seed}"]
+                  + ([f"teacher.checkpoint={args.checkpoint}"] if args.checkpoint else []))
     base = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=str(work / "cache"))
     teacher = base.teacher
     cache = teacher.cache
@@ -198,6 +200,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--adapt-steps", type=int, default=200)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the student's training and the teacher's prompt jitter and adaptation (a student "
+                        "already in --work-dir is reused whatever its seed)")
     return p
 
 

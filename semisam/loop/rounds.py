@@ -163,17 +163,22 @@ class Experiment:
         return {"plans": str(plans), "dataset_id": ds_id}
 
     def train(self, r: int) -> dict:
+        """Train student ``r`` with the run's ``seed`` — the same seed in every round, on purpose: a round's
+        student then differs from the previous one only by its training set (and, with ``student.init=finetune``,
+        its starting weights), not by another draw of initial weights and augmentation (common random numbers
+        across rounds). See docs/architecture.md, "Seeds and determinism"."""
         s = self.cfg.student
         init = None
         if r > 0 and s.init == "finetune":
             init = str(Path(self.state.result(f"r{r - 1}/train")["model"]) / "fold_all" / "checkpoint_final.pth")
         say(f"round {r}: training the student ({s.epochs} epochs × {s.iterations_per_epoch} iterations"
-            f"{', fine-tuned from round ' + str(r - 1) if init else ''})")
+            f"{', fine-tuned from round ' + str(r - 1) if init else ''}, seed {self.cfg.seed})")
         model = self.student(r).train(self.state.result(f"r{r}/preprocess")["dataset_id"], s.configuration, s.fold,
                                       epochs=s.epochs, iterations_per_epoch=s.iterations_per_epoch,
                                       val_iterations_per_epoch=s.val_iterations_per_epoch,
-                                      initial_lr=s.initial_lr, batch_size=s.batch_size, init_checkpoint=init)
-        return {"model": str(model)}
+                                      initial_lr=s.initial_lr, batch_size=s.batch_size, init_checkpoint=init,
+                                      seed=self.cfg.seed)
+        return {"model": str(model), "seed": self.cfg.seed}
 
     def predict(self, r: int, cases, out: Path, probabilities: bool) -> list[Path]:
         model = Path(self.state.result(f"r{r}/train")["model"])

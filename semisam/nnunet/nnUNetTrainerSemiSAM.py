@@ -7,8 +7,19 @@ One class for every recipe (no ``nnUNetTrainer_Xepochs`` subclasses). The values
   read when the trainer is constructed, so that ``nnUNetv2_train DATASET 2d all -tr nnUNetTrainerSemiSAM``
   trains with the recipe's values too.
 
-Only ``__init__`` (same signature as nnU-Net's, which its checkpoints rely on) and ``initialize`` are
-overridden; the training loop, augmentation, validation and checkpointing are nnU-Net's.
+Only ``__init__`` (same signature as nnU-Net's, which its checkpoints rely on), ``initialize`` and
+``get_dataloaders`` are overridden (the last two only to seed, see :func:`seed_everything`); the training
+loop, augmentation, validation and checkpointing are nnU-Net's.
+
+With ``seed`` set, the run is seeded at two places, each from its own stream derived from the seed
+(:func:`derive_seed`), so that the data stream does not depend on how many random numbers the network
+initialisation drew: python's ``random``, numpy's and torch's global generators right before the network
+is built (its initial weights), and again right before the data loaders are built (nnU-Net's
+``nnUNetDataLoader`` draws cases and patch positions from numpy's global generator, batchgeneratorsv2's
+transforms from numpy's and torch's). With augmentation workers (``nnUNet_n_proc_DA`` > 0) every worker
+process of nnU-Net's ``NonDetMultiThreadedAugmenter`` gets its own derived seed (nnU-Net passes none, so
+workers seed numpy from the OS and, under ``fork``, all share the parent's torch state); the order in which
+the workers' batches arrive still varies (see docs/architecture.md, "Seeds and determinism").
 
 nnU-Net's trainer lookup imports this module by walking folders; it must import cheaply and safely, so the
 torchvision compatibility shim is installed first and nothing else of semisam is imported at top level.
@@ -19,14 +30,22 @@ import semisam.compat  # before anything imports torchvision (nnU-Net's lookup i
 
 semisam.compat.install()
 
+import contextlib
+import importlib
+import itertools
 import json
 import os
+import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+# the module (not the class of the same name): get_dataloaders looks NonDetMultiThreadedAugmenter up in it
+_nnunet_trainer_module = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
 
 #: Environment variable naming a JSON file of :class:`TrainerOverrides` keys.
 CONFIG_ENV_VAR = "SEMISAM_TRAINER_CONFIG"
@@ -51,6 +70,8 @@ class TrainerOverrides:
         init_checkpoint: an nnU-Net checkpoint (``checkpoint_*.pth``) of the same network whose weights
             initialise the network (fine-tuning from a previous round); optimizer state and epoch counter
             are not taken from it.
+        seed: an integer >= 0 that seeds the network's initial weights, case sampling and augmentation
+            (nnU-Net: unseeded). See the module docstring.
     """
 
     num_epochs: int | None = None
@@ -59,6 +80,7 @@ class TrainerOverrides:
     initial_lr: float | None = None
     batch_size: int | None = None
     init_checkpoint: str | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "batch_size"):
@@ -70,6 +92,9 @@ class TrainerOverrides:
             raise _error(f"trainer override initial_lr must be a number > 0, got {lr!r}")
         if self.init_checkpoint is not None:
             object.__setattr__(self, "init_checkpoint", str(self.init_checkpoint))
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise _error(f"trainer override seed must be an integer >= 0, got {seed!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "trainer overrides") -> "TrainerOverrides":
@@ -107,7 +132,7 @@ class TrainerOverrides:
 
 
 class nnUNetTrainerSemiSAM(nnUNetTrainer):
-    """nnU-Net's trainer whose length, learning rate, batch size and initial weights come from the recipe."""
+    """nnU-Net's trainer whose length, learning rate, batch size, initial weights and seed come from the recipe."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -115,6 +140,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.semisam_batch_size: int | None = None
         self.semisam_init_checkpoint: str | None = None
+        self.semisam_seed: int | None = None
         self.apply_overrides(TrainerOverrides.from_env())
 
     def apply_overrides(self, overrides: TrainerOverrides) -> None:
@@ -133,18 +159,72 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             self.semisam_batch_size = overrides.batch_size
         if overrides.init_checkpoint is not None:
             self.semisam_init_checkpoint = overrides.init_checkpoint
+        if overrides.seed is not None:
+            self.semisam_seed = overrides.seed
 
     def initialize(self) -> None:
         if self.semisam_batch_size is not None:
             self.configuration_manager.configuration["batch_size"] = int(self.semisam_batch_size)
+        if self.semisam_seed is not None:
+            seed_everything(derive_seed(self.semisam_seed, SEED_STREAM_NETWORK))
         super().initialize()
         if self.semisam_init_checkpoint is not None:
             load_network_weights(self.network, self.semisam_init_checkpoint)
             self.print_to_log_file(f"initial weights from {self.semisam_init_checkpoint}")
         self.print_to_log_file(
             f"semisam: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
-            f"(+{self.num_val_iterations_per_epoch} val), lr {self.initial_lr}, batch {self.batch_size}"
+            f"(+{self.num_val_iterations_per_epoch} val), lr {self.initial_lr}, batch {self.batch_size}, "
+            f"seed {self.semisam_seed}"
         )
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, built after seeding the global generators (and with seeded augmentation workers)."""
+        if self.semisam_seed is None:
+            return super().get_dataloaders()
+        seed_everything(derive_seed(self.semisam_seed, SEED_STREAM_DATA))
+        with seeded_augmenter_workers(self.semisam_seed):
+            return super().get_dataloaders()
+
+
+#: Streams of :func:`derive_seed` used by the trainer.
+SEED_STREAM_NETWORK, SEED_STREAM_DATA, SEED_STREAM_WORKERS = 0, 1, 2
+
+
+def derive_seed(seed: int, *stream: int) -> int:
+    """A seed in ``[0, 2**32)`` for one use of a run's ``seed`` (numpy's ``SeedSequence`` of ``(seed, *stream)``):
+    independent streams from one seed, accepted by ``random.seed``, ``np.random.seed`` and ``torch.manual_seed``."""
+    return int(np.random.SeedSequence([int(seed), *(int(s) for s in stream)]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch's (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_augmenter_workers(seed: int):
+    """Within the block, nnU-Net's trainer builds ``NonDetMultiThreadedAugmenter`` with one derived seed per
+    worker process (``derive_seed(seed, SEED_STREAM_WORKERS, k, i)`` for the k-th augmenter built in the
+    block and its worker i) instead of ``seeds=None``. Each worker seeds numpy and torch with it."""
+    original = _nnunet_trainer_module.NonDetMultiThreadedAugmenter
+    built = itertools.count()
+
+    class SeededNonDetMultiThreadedAugmenter(original):
+        def __init__(self, data_loader, transform, num_processes, num_cached=2, seeds=None, pin_memory=False,
+                     wait_time=0.02):
+            if seeds is None:
+                k = next(built)
+                seeds = [derive_seed(seed, SEED_STREAM_WORKERS, k, i) for i in range(num_processes)]
+            super().__init__(data_loader, transform, num_processes, num_cached=num_cached, seeds=seeds,
+                             pin_memory=pin_memory, wait_time=wait_time)
+
+    _nnunet_trainer_module.NonDetMultiThreadedAugmenter = SeededNonDetMultiThreadedAugmenter
+    try:
+        yield
+    finally:
+        _nnunet_trainer_module.NonDetMultiThreadedAugmenter = original
 
 
 def load_network_weights(network: torch.nn.Module, checkpoint_file: str | os.PathLike) -> None:

@@ -55,6 +55,10 @@ class PromptBatch:
 
 
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """The caller's generator, or one seeded with the caller's int; None is refused: every random draw
+    derives from the run's seed (no generator seeded from the OS)."""
+    if rng is None:
+        raise SemisamError("box jitter is random: pass rng= (a numpy Generator or an int seed)")
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
@@ -82,7 +86,7 @@ def box_from_mask(
         margin: pixels added on every side.
         jitter: each coordinate moves by an integer drawn uniformly from ``[-jitter, jitter]``
             (after the margin); the box is re-ordered so that ``x0 <= x1`` and ``y0 <= y1``.
-        rng: numpy Generator or seed (only used when ``jitter > 0``).
+        rng: numpy Generator or seed; required when ``jitter > 0`` (unseeded jitter is refused).
 
     Returns:
         ``(4,)`` float32 ``(x0, y0, x1, y1)``, inclusive pixel indices within ``[0, X-1] x [0, Y-1]``.
@@ -241,7 +245,7 @@ def make_prompts(
             (:func:`lowres_mask_logits`): the probability of the object's class, kept within
             ``box_margin`` pixels of the object and zeroed on the other objects.
         student_probs_slice: ``(K, Y, X)`` probabilities; required when ``mask_prompt``.
-        rng: numpy Generator or seed, for the jitter.
+        rng: numpy Generator or seed, for the jitter; required when ``box_jitter > 0``.
         mask_size: SAM's low-res mask side.
 
     Returns:
@@ -266,7 +270,7 @@ def make_prompts(
     for o in objects:
         if o.mask.shape != shape:
             raise SemisamError(f"object mask {o.mask.shape} does not match the slice shape {shape}")
-    gen = _rng(rng)
+    gen = _rng(rng) if box_jitter > 0 else None
     n = len(objects)
     masks = np.stack([o.mask for o in objects]) if n else np.zeros((0, *shape), dtype=bool)
     union = masks.any(axis=0)

@@ -139,7 +139,7 @@ class NnUNetStudent:
     def build_trainer(self, dataset_id: int, configuration: str = "2d", fold: int | str = "all", *,
                       epochs: int, iterations_per_epoch: int, val_iterations_per_epoch: int,
                       initial_lr: float | None = None, batch_size: int | None = None,
-                      init_checkpoint: str | os.PathLike | None = None):
+                      init_checkpoint: str | os.PathLike | None = None, seed: int | None = None):
         """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
 
@@ -148,7 +148,8 @@ class NnUNetStudent:
         overrides = TrainerOverrides(num_epochs=epochs, num_iterations_per_epoch=iterations_per_epoch,
                                      num_val_iterations_per_epoch=val_iterations_per_epoch,
                                      initial_lr=initial_lr, batch_size=batch_size,
-                                     init_checkpoint=None if init_checkpoint is None else str(init_checkpoint))
+                                     init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
+                                     seed=seed)
         pre = self.paths.preprocessed / self.dataset_name(dataset_id)
         plans_file = pre / f"{self.plans_identifier}.json"
         if not plans_file.is_file():
@@ -173,7 +174,8 @@ class NnUNetStudent:
               epochs: int, iterations_per_epoch: int, val_iterations_per_epoch: int,
               initial_lr: float | None = None, batch_size: int | None = None,
               init_checkpoint: str | os.PathLike | None = None,
-              results_dir: str | os.PathLike | None = None, validate: bool | None = None) -> Path:
+              results_dir: str | os.PathLike | None = None, validate: bool | None = None,
+              seed: int | None = None) -> Path:
         """Train the student with nnU-Net's loop and the recipe's length.
 
         Args:
@@ -184,6 +186,9 @@ class NnUNetStudent:
             results_dir: replaces ``nnUNet_results`` for this run (one folder per round).
             validate: run nnU-Net's final validation (``validation/summary.json``). Default: yes for a
                 numbered fold, no for ``"all"`` (it would only re-predict the training cases).
+            seed: seeds the initial weights, case sampling and augmentation (None: unseeded, nnU-Net's
+                behaviour). With ``n_proc_da=0`` on CPU, the same seed gives the same weights; see
+                docs/architecture.md, "Seeds and determinism".
 
         Returns:
             The model folder (``.../DatasetNNN_Name/nnUNetTrainerSemiSAM__<plans>__<configuration>``),
@@ -197,7 +202,7 @@ class NnUNetStudent:
                                          iterations_per_epoch=iterations_per_epoch,
                                          val_iterations_per_epoch=val_iterations_per_epoch,
                                          initial_lr=initial_lr, batch_size=batch_size,
-                                         init_checkpoint=init_checkpoint)
+                                         init_checkpoint=init_checkpoint, seed=seed)
             trainer.run_training()
             if validate:
                 trainer.perform_actual_validation(save_probabilities=False)
