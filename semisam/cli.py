@@ -25,6 +25,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.cfg:
         print(to_yaml(cfg), end="")
         return 0
+    if args.check:
+        from semisam.loop.preflight import preflight
+
+        preflight(cfg)
+        print("ok")
+        return 0
     from semisam.loop.experiment import run_experiment
 
     run_experiment(cfg)
@@ -88,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment recipe (Hydra overrides: key=value)")
     recipes_arg(r)
     r.add_argument("--cfg", action="store_true", help="print the resolved, validated recipe and exit")
+    r.add_argument("--check", action="store_true",
+                   help="only the build step: check dataset, teacher weights, W&B login, run folder and disk "
+                        "space, print 'ok' (or one error line) and exit; writes nothing")
     r.add_argument("overrides", nargs="*", help="e.g. experiment=demo dataset.raw_dir=data/Dataset501_Nuclei")
     r.set_defaults(fn=_cmd_run)
 

@@ -20,7 +20,6 @@ Runs are subprocesses (``python -m semisam run``) with their thread counts pinne
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 from semisam.compare.methods import FULL, SUPERVISED, Method, parse_methods
 from semisam.config import RunConfig, compose, to_dict
 from semisam.config.compose import list_options, recipes_dir
+from semisam.data.identity import dataset_identity
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import write_json_atomic
 
@@ -89,21 +89,6 @@ class Cell:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def dataset_identity(raw_dir: Path) -> str:
-    """A hash of a raw dataset's dataset.json, split file and case files (names and sizes)."""
-    h = hashlib.sha256()
-    for name in ("dataset.json", "semisam_split.json"):
-        p = raw_dir / name
-        if p.is_file():
-            h.update(name.encode() + p.read_bytes())
-    for sub in ("imagesTr", "labelsTr", "labelsHidden", "imagesTs", "labelsTs"):
-        folder = raw_dir / sub
-        if folder.is_dir():
-            for f in sorted(folder.iterdir()):
-                h.update(f"{sub}/{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
 def check_source(spec: CompareSpec):
     """Open the source dataset and check that a comparison can run on it.
 
@@ -225,12 +210,12 @@ def prepare_data(spec: CompareSpec, cells: list[Cell]) -> None:
 
 # ---------------------------------------------------------------------------------------------- run
 def is_finished(cell: Cell) -> bool:
-    """A run whose summary is written and whose manifest holds this very recipe."""
-    from semisam.loop.state import config_fingerprint, read_manifest
+    """A run whose summary is written and whose manifest holds this very recipe on this very dataset."""
+    from semisam.loop.state import holds_run, read_manifest, run_identity
 
     manifest = read_manifest(cell.run_dir)
     return (manifest is not None and (cell.run_dir / "summary.json").is_file()
-            and manifest.get("fingerprint") == config_fingerprint(to_dict(cell.cfg)))
+            and holds_run(manifest, run_identity(to_dict(cell.cfg))))
 
 
 def child_env(threads: int) -> dict[str, str]:

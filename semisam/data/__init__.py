@@ -1,5 +1,6 @@
 """The one home for nnU-Net raw dataset I/O: typed cases, splits, reading, atomic writing, checking."""
 from semisam.data.cases import LabeledCase, UnlabeledCase
+from semisam.data.identity import RUN_PARTS, dataset_identity, dataset_identity_parts
 from semisam.data.raw import (
     HIDDEN_DIR,
     CaseData,
@@ -13,7 +14,7 @@ from semisam.data.raw import (
 from semisam.data.split import SPLIT_FILE, Split, load_split, make_split, num_labeled, save_split
 
 __all__ = [
-    "HIDDEN_DIR", "SPLIT_FILE", "CaseData", "Geometry", "LabeledCase", "RawDataset", "Split", "UnlabeledCase",
-    "check_raw_dataset", "load_split", "make_split", "num_labeled", "parse_labels", "save_split",
-    "write_array", "write_raw_dataset",
+    "HIDDEN_DIR", "RUN_PARTS", "SPLIT_FILE", "CaseData", "Geometry", "LabeledCase", "RawDataset", "Split",
+    "UnlabeledCase", "check_raw_dataset", "dataset_identity", "dataset_identity_parts", "load_split", "make_split",
+    "num_labeled", "parse_labels", "save_split", "write_array", "write_raw_dataset",
 ]

@@ -30,7 +30,7 @@ from typing import Any
 
 from semisam.config import RunConfig, to_dict, to_yaml
 from semisam.data import LabeledCase, RawDataset, UnlabeledCase
-from semisam.loop.state import RunState, config_fingerprint, round0_fingerprint
+from semisam.loop.state import RunState, round0_fingerprint
 from semisam.utils.errors import SemisamError
 
 log = logging.getLogger("semisam")
@@ -75,19 +75,17 @@ def split_cases(dataset: RawDataset, num_val: int, seed: int) -> Cases:
 
 def run_experiment(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) the experiment described by a validated recipe; returns the final summary."""
+    from semisam.loop.preflight import preflight
     from semisam.loop.rounds import Experiment
 
-    dataset = RawDataset.open(cfg.dataset.raw_dir)  # bad input fails here, before anything is written
-    cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
+    built = preflight(cfg)  # every fault that can be found before work fails here, before anything is written
     run_dir = Path(cfg.run_dir)
-    if cfg.loop.init_from:
-        round0_steps(Path(cfg.loop.init_from), cfg)
-    state = RunState(run_dir, config_fingerprint(to_dict(cfg)), restart=cfg.restart)
+    state = RunState(run_dir, built.identity, restart=cfg.restart)
     state.set("round0_fingerprint", round0_fingerprint(to_dict(cfg)))
     if state.resumed:
         say(f"resuming {run_dir} from its last complete step (restart=true starts over)")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    return Experiment(cfg, state, dataset, cases).run()
+    return Experiment(cfg, state, built.dataset, built.cases).run()
 
 
 ROUND0_STEPS = ("r0/dataset", "r0/preprocess", "r0/train", "r0/evaluate")

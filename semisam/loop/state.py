@@ -4,9 +4,12 @@ Every step of a run writes into its own folder and is recorded in ``manifest.jso
 A step recorded there is complete and is skipped on the next run; a step that was interrupted left at most
 a temporary folder, which is removed before the step runs again.
 
-The manifest also holds a fingerprint of the resolved recipe. Resuming a run folder with a different
-recipe is refused (one line, suggests ``restart=true``), because mixing rounds from two recipes would make
-the report lie.
+The manifest also holds the run's identity (:func:`run_identity`): a fingerprint of the resolved recipe's
+values that change results and one of the dataset's content (:mod:`semisam.data.identity`), with the values
+and the dataset's parts kept beside them. Resuming a run folder with another recipe or dataset is refused
+with one line naming what changed (suggests ``restart=true``), because mixing rounds from two recipes or two
+datasets would make the report lie. Left out, because they do not change what is computed (only speed, logs,
+or where the embedding cache lives): :data:`NOT_RESULTS`.
 """
 from __future__ import annotations
 
@@ -23,21 +26,120 @@ from semisam.utils.io import write_json_atomic
 MANIFEST = "manifest.json"
 
 
-def config_fingerprint(config: dict[str, Any], ignore: tuple[str, ...] = ("logger", "restart")) -> str:
-    """A stable hash of the parts of the resolved recipe that change results."""
-    kept = {k: v for k, v in config.items() if k not in ignore}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+#: Recipe keys (dotted prefixes) that do not change results, left out of the fingerprint: the device and the
+#: worker counts (speed; ``num_processes_da`` changes which random augmentation stream a worker draws, not the
+#: method: see docs/architecture.md, Seeds and determinism), logging, ``restart``, and the teacher's cache
+#: location, in-memory cache size and prompts per decoder call (the decoder treats each prompt on its own).
+NOT_RESULTS = ("device", "restart", "logger", "student.num_processes", "student.num_processes_da",
+               "teacher.cache_dir", "teacher.cache_memory_items", "teacher.decode_batch")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def recipe_values(config: dict[str, Any], ignore: tuple[str, ...] = NOT_RESULTS) -> dict[str, Any]:
+    """The resolved recipe as ``{dotted key: value}``, without the keys under ``ignore``."""
+    return {k: v for k, v in _flatten(config).items()
+            if not any(k == i or k.startswith(i + ".") for i in ignore)}
+
+
+def config_fingerprint(config: dict[str, Any], ignore: tuple[str, ...] = NOT_RESULTS) -> str:
+    """A stable hash of the values of the resolved recipe that change results (see :data:`NOT_RESULTS`)."""
+    return _hash(recipe_values(config, ignore))
+
+
+def _dataset_id(raw_dir: str) -> str:
+    from semisam.data.identity import RUN_PARTS, dataset_identity
+
+    return dataset_identity(raw_dir, RUN_PARTS)
 
 
 def round0_fingerprint(config: dict[str, Any]) -> str:
-    """A hash of what determines round 0 (the supervised student): dataset, student settings and seed.
+    """A hash of what determines round 0 (the supervised student): dataset (folder and content), student
+    settings (not its worker counts) and seed.
 
     Two runs with the same round-0 fingerprint train the same supervised student, so one can reuse the
     other's (``loop.init_from``).
     """
     dataset = dict(config["dataset"])
     dataset["raw_dir"] = str(Path(dataset["raw_dir"]).resolve())
-    return config_fingerprint({"dataset": dataset, "student": config["student"], "seed": config["seed"]}, ignore=())
+    dataset["identity"] = _dataset_id(dataset["raw_dir"])
+    student = {k: v for k, v in config["student"].items() if f"student.{k}" not in NOT_RESULTS}
+    return _hash({"dataset": dataset, "student": student, "seed": config["seed"]})
+
+
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder's results depend on, as stored in its manifest under ``"identity"``.
+
+    ``{"recipe": fingerprint, "dataset": fingerprint, "dataset_parts": {part: hash},
+    "recipe_values": {dotted key: value}}``: the dataset's parts are :data:`semisam.data.identity.RUN_PARTS`
+    (labelsHidden, read by evaluation only, is left out).
+    """
+    from semisam.data.identity import dataset_identity_parts
+
+    raw_dir = config["dataset"]["raw_dir"]
+    return {"recipe": config_fingerprint(config), "dataset": _dataset_id(raw_dir),
+            "dataset_parts": dataset_identity_parts(raw_dir), "recipe_values": recipe_values(config)}
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def resume_refusal(manifest: dict[str, Any], identity: dict[str, Any], run_dir: str | Path) -> str | None:
+    """Why the run in ``manifest`` is not the run ``identity`` describes (one line), or None when it is.
+
+    A manifest of an earlier semisam version (a ``"fingerprint"`` string, no ``"identity"``) never matches:
+    it does not say which dataset it was computed on.
+    """
+    again = "rerun with restart=true to start over, or set run_dir to another folder"
+    old = manifest.get("identity")
+    if not isinstance(old, dict):
+        return (f"{run_dir} holds a run of a different recipe (or of an earlier semisam version, whose manifest "
+                f"does not record its dataset); {again}")
+    reasons = []
+    if old.get("dataset") != identity.get("dataset"):
+        before, now = old.get("dataset_parts") or {}, identity.get("dataset_parts") or {}
+        parts = [p for p in now if before.get(p) != now[p]] if before else []
+        reasons.append(f"with another dataset ({', '.join(parts) or 'its files'} changed)")
+    if old.get("recipe") != identity.get("recipe"):
+        before, now = old.get("recipe_values") or {}, identity.get("recipe_values") or {}
+        keys = [k for k in (*now, *(k for k in before if k not in now))
+                if before.get(k, ...) != now.get(k, ...)] if before else []
+        shown = [f"{k} {_show(before[k]) if k in before else '(absent)'} → {_show(now[k]) if k in now else '(absent)'}"
+                 for k in keys[:3]]
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        reasons.append(f"{'and ' if reasons else 'with '}another recipe"
+                       + (f": {', '.join(shown)}{more}" if shown else ""))
+    if not reasons:
+        return None
+    return f"{run_dir} holds a run {' '.join(reasons)}; {again}"
+
+
+def holds_run(manifest: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether ``manifest`` records the run described by ``identity`` (the same recipe on the same dataset)."""
+    return resume_refusal(manifest, identity, "") is None
+
+
+def check_resumable(run_dir: str | Path, identity: dict[str, Any]) -> None:
+    """Raise one :class:`SemisamError` line if ``run_dir`` holds a run of another recipe or dataset."""
+    manifest = read_manifest(run_dir)
+    if manifest is not None:
+        refusal = resume_refusal(manifest, identity, run_dir)
+        if refusal:
+            raise SemisamError(refusal)
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
@@ -51,15 +153,18 @@ class RunState:
 
     Args:
         run_dir: the run folder (created if missing).
-        fingerprint: :func:`config_fingerprint` of the resolved recipe.
+        identity: :func:`run_identity` of the resolved recipe (a plain string stands for a recipe
+            fingerprint alone, for tools and tests without a dataset).
         restart: remove everything in ``run_dir`` first and start over.
 
     Raises:
-        SemisamError: the folder cannot be written, or holds a run of another recipe.
+        SemisamError: the folder cannot be written, or holds a run of another recipe or dataset.
     """
 
-    def __init__(self, run_dir: str | Path, fingerprint: str, restart: bool = False):
+    def __init__(self, run_dir: str | Path, identity: dict[str, Any] | str, restart: bool = False):
         self.run_dir = Path(run_dir)
+        if isinstance(identity, str):
+            identity = {"recipe": identity}
         if restart and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
         try:
@@ -72,14 +177,11 @@ class RunState:
         self.path = self.run_dir / MANIFEST
         if self.path.exists():
             self.manifest = json.loads(self.path.read_text())
-            old = self.manifest.get("fingerprint")
-            if old != fingerprint:
-                raise SemisamError(
-                    f"{self.run_dir} holds a run of a different recipe; rerun with restart=true to start over, "
-                    f"or set run_dir to another folder"
-                )
+            refusal = resume_refusal(self.manifest, identity, self.run_dir)
+            if refusal:
+                raise SemisamError(refusal)
         else:
-            self.manifest = {"fingerprint": fingerprint, "created": time.time(), "steps": {}}
+            self.manifest = {"identity": identity, "created": time.time(), "steps": {}}
             self._save()
 
     @property

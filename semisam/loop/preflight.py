@@ -1,0 +1,152 @@
+"""The build step of a run: everything that can be checked before any work (compose → validate → build → run).
+
+:func:`preflight` runs before the run folder is written (``run_experiment``) or alone (``semisam run --check``).
+Each fault is one :class:`SemisamError` line, so a wrong path or a missing login fails at second 0, not after
+round 0's training. In order:
+
+1. the dataset opens and its labeled, unlabeled and test cases are listed (every listed file exists), and the
+   validation split is possible;
+2. ``loop.init_from`` names a finished round 0 of this recipe and dataset;
+3. the run folder can be created (or is a folder we may write in), and a run already in it is this recipe on
+   this dataset (unless ``restart=true``);
+4. the teacher's weights, when rounds need a teacher (``loop.max_rounds > 0`` and ``teacher.name != none``):
+   the checkpoint file is found (LiteMedSAM's embedded weights: SHA-256 checked) and its keys and shapes fit
+   the architecture (memory-mapped, checked against the model built on the ``meta`` device);
+5. W&B credentials for ``logger.wandb=online``;
+6. free disk space against a rough estimate of the run's needs (:func:`disk_estimate`).
+
+Nothing here writes a file.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semisam.config import RunConfig, to_dict
+from semisam.data import RawDataset
+from semisam.utils.errors import SemisamError
+
+GiB = 1024 ** 3
+#: bytes of one cached image embedding: (256, 64, 64) float32 for every real teacher, (32, 16, 16) for tiny_random
+EMBEDDING_BYTES = {"tiny_random": 32 * 16 * 16 * 4}
+EMBEDDING_BYTES_DEFAULT = 256 * 64 * 64 * 4
+_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the build step found: the opened dataset, the run's cases and the run's identity (manifest)."""
+
+    dataset: RawDataset
+    cases: Any  # semisam.loop.experiment.Cases
+    identity: dict[str, Any]
+
+
+def needs_teacher(cfg: RunConfig) -> bool:
+    """Rounds after round 0 run the teacher; ``loop.max_rounds=0`` or ``teacher=none`` never builds one."""
+    return cfg.loop.max_rounds > 0 and cfg.teacher.name != "none"
+
+
+def preflight(cfg: RunConfig) -> Built:
+    """Check everything a run needs before it writes anything (see the module docstring).
+
+    Raises:
+        SemisamError: the first fault, in one line.
+    """
+    from semisam.loop.experiment import round0_steps, split_cases
+    from semisam.loop.state import check_resumable, run_identity
+
+    dataset = RawDataset.open(cfg.dataset.raw_dir)
+    cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
+    if cfg.loop.init_from:
+        round0_steps(Path(cfg.loop.init_from), cfg)
+    run_dir = Path(cfg.run_dir)
+    check_writable(run_dir)
+    identity = run_identity(to_dict(cfg))
+    if not cfg.restart:
+        check_resumable(run_dir, identity)
+    if needs_teacher(cfg):
+        from semisam.teacher.models import check_teacher_checkpoint
+
+        check_teacher_checkpoint(cfg.teacher.name, cfg.teacher.checkpoint)
+    if cfg.logger.wandb == "online":
+        from semisam.tracking.wandb_sink import require_wandb_credentials
+
+        require_wandb_credentials()
+    check_disk(run_dir, disk_estimate(cfg, dataset, cases))
+    return Built(dataset, cases, identity)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse a run folder that is a file, or whose nearest existing folder we may not write in."""
+    path = Path(os.path.abspath(run_dir))
+    if path.exists() and not path.is_dir():
+        raise SemisamError(f"run folder {run_dir} is not writable (it is a file, not a folder); choose another run_dir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SemisamError(f"run folder {run_dir} is not writable ({existing} is a file); choose another run_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SemisamError(f"run folder {run_dir} is not writable ({existing} is not writable); choose another run_dir")
+
+
+def _num_slices(file: Path, ending: str, axis: int) -> int:
+    """Slices of a 3D image along ``axis`` of (Z, Y, X), from its header (1 for 2D files or when unreadable)."""
+    if ending.lower() in _2D_ENDINGS:
+        return 1
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(file))
+        reader.ReadImageInformation()
+        size_zyx = tuple(reversed(reader.GetSize()))
+        return int(size_zyx[axis]) if len(size_zyx) == 3 else 1
+    except Exception:  # noqa: BLE001 - an estimate: an unreadable header counts one slice
+        return 1
+
+
+def disk_estimate(cfg: RunConfig, dataset: RawDataset, cases: Any) -> dict[str, int]:
+    """A rough estimate, in bytes, of what a run writes (documented in docs/architecture.md, Before any work).
+
+    ``data``: the dataset's case files (images and labels) × (``loop.max_rounds`` + 2): each round writes its
+    training set and predictions, nnU-Net's preprocessed copy is at least as large (float32). ``cache``: one
+    embedding per slice (along ``prompts.slice_axis``, counted from the first unlabeled case's header) of
+    every unlabeled case, and of the labeled ones when the teacher adapts, when a teacher runs and the cache
+    lives in the run folder (``teacher.cache_dir`` unset). Checkpoints, plots and logs are not counted.
+    """
+    files = [f for c in (*cases.train, *cases.val, *cases.test) for f in (*c.image_files, c.label_file)]
+    files += [f for c in cases.unlabeled for f in c.image_files]
+    data = sum(Path(f).stat().st_size for f in files if Path(f).is_file()) * (cfg.loop.max_rounds + 2)
+    cache = 0
+    if needs_teacher(cfg) and not cfg.teacher.cache_dir and cases.unlabeled:
+        per_case = _num_slices(Path(cases.unlabeled[0].image_files[0]), dataset.file_ending, cfg.prompts.slice_axis)
+        n = len(cases.unlabeled) + (len(cases.train) if cfg.teacher.adapt.enabled else 0)
+        cache = n * per_case * EMBEDDING_BYTES.get(cfg.teacher.name, EMBEDDING_BYTES_DEFAULT)
+    return {"data": data, "cache": cache}
+
+
+def check_disk(run_dir: Path, estimate: dict[str, int]) -> None:
+    """Refuse when the free space on the run folder's disk is below the estimate's total."""
+    existing = Path(os.path.abspath(run_dir))
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    need = estimate["data"] + estimate["cache"]
+    if free < need:
+        raise SemisamError(
+            f"not enough disk space for {run_dir}: about {_size(need)} needed (dataset files × (rounds + 2): "
+            f"{_size(estimate['data'])}, embedding cache: {_size(estimate['cache'])}), {_size(free)} free on "
+            f"{existing}; free space, or choose another run_dir (teacher.cache_dir moves the embedding cache elsewhere)"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
