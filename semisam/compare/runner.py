@@ -7,6 +7,8 @@ Layout of ``--out``::
     data/full/                        every training case labeled (for ``full``)
     runs/<method>/draw<d>_seed<s>/    one semisam run folder per cell (``full``: ``all_seed<s>``)
     runs/<method>/draw<d>_seed<s>.log its output
+    cache/embeddings/                 the teacher's image embeddings, shared by every run (unless the
+                                      overrides set teacher.cache_dir)
     compare.json  compare.md  compare.png
 
 Every cell is an ordinary run folder, so an interrupted compare resumes: finished runs (``summary.json``
@@ -175,6 +177,9 @@ def _make_cell(spec: CompareSpec, root: Path, method: Method, draw: int | None, 
     overrides = [*method.overrides, *spec.overrides, *method.extra]
     if method.no_rounds:
         overrides.append("loop.max_rounds=0")
+    if not any(o.split("=", 1)[0].lstrip("+~") == "teacher.cache_dir" for o in overrides):
+        # one embedding cache for every run (keyed by image content and encoder: sharing is exact)
+        overrides.append(f"teacher.cache_dir={spec.out.resolve() / 'cache' / 'embeddings'}")
     overrides += [f"dataset.raw_dir={data}", f"seed={seed}", f"run_dir={run_dir}", "restart=false",
                   f"logger.group={group}", f"logger.name={method.slug}-{tags[1]}-seed{seed}",
                   f"logger.tags=[{','.join(tags)}]", *extra]

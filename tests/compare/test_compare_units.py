@@ -123,6 +123,7 @@ def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
         if c.method.label == "supervised":
             assert c.cfg.loop.max_rounds == 0  # the common loop.max_rounds=1 does not make it a loop
         assert c.cfg.seed == c.seed and c.cfg.logger.group == "compare-out"
+        assert c.cfg.teacher.cache_dir == str((tmp_path / "out" / "cache" / "embeddings").resolve())
     assert not (tmp_path / "out").exists()  # planning writes nothing
 
 
