@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", help="run methods over labeled draws and seeds; one table paired against supervised-only",
         description="Run several methods on one dataset over labeled draws and seeds and print one table: test "
-                    "Dice (selected round) mean ± sd, the paired difference to supervised-only with a 95 %% "
+                    "Dice (selected round) mean ± sd, the paired difference to supervised-only with a 95 % "
                     "interval, HD95, pseudo-label quality and wall time. Recipe overrides for every method go "
                     "after `--`. Rerunning the same command resumes; finished runs are never recomputed.")
     recipes_arg(c)
