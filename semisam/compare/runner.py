@@ -353,6 +353,8 @@ def collect(cell: Cell) -> dict[str, Any]:
 def run_compare(spec: CompareSpec, argv: list[str] | None = None) -> dict[str, Any]:
     """The whole comparison: check → plan (every recipe composed) → data → runs → tables.
 
+    ``argv`` is the command line after ``semisam`` (``["compare", "--dataset", ...]``), shown in ``compare.md``.
+
     Returns:
         The content of ``compare.json``.
 
@@ -374,7 +376,7 @@ def run_compare(spec: CompareSpec, argv: list[str] | None = None) -> dict[str, A
     result = summarize(rows, [c.method.label for c in cells])
     result.update(spec={**spec_record(spec), "methods": spec.methods, "seeds": spec.seeds,
                         "labeled_draws": spec.draws, "jobs": spec.jobs},
-                  command=" ".join(["semisam", "compare", *argv]) if argv is not None else None,
+                  command=" ".join(["semisam", *argv]) if argv is not None else None,
                   elapsed_s=round(time.time() - t0, 1))
     paths = write_outputs(spec.out, result)
     print(paths["table"])

@@ -64,7 +64,8 @@ def test_compare_two_methods_two_seeds(tmp_path):
     assert vs["diffs"] == pytest.approx(diffs) and vs["mean"] == pytest.approx(sum(diffs) / 2)
     assert vs["lo"] <= vs["mean"] <= vs["hi"]
     assert f"{vs['mean']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}]" in second.stdout  # the printed table
-    assert (out / "compare.md").read_text().count("`selftrain`") == 1
+    md = (out / "compare.md").read_text()
+    assert md.count("`selftrain`") == 1 and f"semisam compare --dataset {dataset} --out {out}" in md
     assert (out / "compare.png").stat().st_size > 5000
 
     # the loop method's round 0 is the supervised run's student, used in place
