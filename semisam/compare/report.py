@@ -53,6 +53,7 @@ def summarize(rows: list[dict], labels: list[str]) -> dict[str, Any]:
             "dice_per_class": {c: describe((r.get("dice_per_class") or {}).get(c) for r in done) for c in classes},
             "pseudo_accepted_dice": describe(q.get("accepted_dice") for q in pq),
             "pseudo_student_dice": describe(q.get("student_dice") for q in pq),
+            "accept_rate": describe(r.get("accept_rate") for r in done),
         }
         if label != SUPERVISED:
             entry["vs_supervised"] = paired_difference(*_pairs(rows, label, "dice"))
@@ -71,6 +72,11 @@ def _mean_sd(d: dict, digits: int = 3) -> str:
     return _f(d["mean"], digits) + ("" if d["sd"] is None else f" ± {_f(d['sd'], digits)}")
 
 
+def _of(d: dict, runs: int) -> str:
+    """`` (n of N runs)`` when a statistic covers only some of the finished runs."""
+    return "" if d["n"] in (0, runs) else f" ({d['n']} of {runs} runs)"
+
+
 def _delta(d: dict | None) -> str:
     if not d or d["mean"] is None:
         return "–"
@@ -83,7 +89,7 @@ def table(result: dict[str, Any]) -> str:
     classes = result["classes"]
     has_pq = any(m["pseudo_accepted_dice"]["n"] for m in result["methods"].values())
     head = ["method", "runs", "test Dice (mean ± sd)", "Δ vs supervised [95 % CI]", "test HD95", "pooled Dice"]
-    head += ["PL Dice kept px", "student Dice unlabeled"] if has_pq else []
+    head += ["accepted cases", "PL Dice kept px", "student Dice unlabeled"] if has_pq else []
     head += ["wall time (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for label, m in result["methods"].items():
@@ -91,7 +97,10 @@ def table(result: dict[str, Any]) -> str:
         cells = [f"`{label}`", runs, _mean_sd(m["dice"]), _delta(m.get("vs_supervised")),
                  _mean_sd(m["hd95"], 2), _mean_sd(m["pooled_dice"])]
         if has_pq:
-            cells += [_mean_sd(m["pseudo_accepted_dice"]), _mean_sd(m["pseudo_student_dice"])]
+            acc = m["accept_rate"]
+            cells += ["–" if acc["mean"] is None else f"{100 * acc['mean']:.0f} %",
+                      _mean_sd(m["pseudo_accepted_dice"]) + _of(m["pseudo_accepted_dice"], m["finished"]),
+                      _mean_sd(m["pseudo_student_dice"])]
         wall = m["wall_s"]
         cells.append("–" if wall["mean"] is None else f"{wall['mean'] / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -120,7 +129,9 @@ def markdown(result: dict[str, Any]) -> str:
               f"{n_seeds} seed(s). Test Dice is the selected round's (the last, or best on validation cases "
               "when `loop.select_by_val`), never a best-of-test. Δ pairs each run with the supervised run of the "
               "same draw and seed (`full`: every draw at its seed); the interval is Student's t over the pairs. "
-              "PL = pseudo-labels against the hidden labels of the unlabeled cases (analysis only).", "",
+              "PL = the last teacher round's pseudo-labels against the hidden labels of the unlabeled cases (analysis "
+              "only; accepted cases = its accept rate, and a round that accepted nothing stops the run at the "
+              "previous student).", "",
               table(result)]
     failed = [r for r in result["runs"] if r["status"] != "done"]
     if failed:

@@ -323,8 +323,8 @@ def _fmt_s(seconds: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- collect
 def collect(cell: Cell) -> dict[str, Any]:
-    """The numbers of one finished run: the SELECTED round's test metrics (never a best-of-test),
-    the pseudo-label quality of the round that made its training set, and the run's wall time."""
+    """The numbers of one finished run: the SELECTED round's test metrics (never a best-of-test), the
+    pseudo-label quality and accept rate of its last teacher round (analysis only), and its wall time."""
     row: dict[str, Any] = {"method": cell.method.label, "draw": cell.draw, "seed": cell.seed,
                            "run_dir": str(cell.run_dir), "status": cell.status, "error": cell.error}
     if cell.status != "done":
@@ -334,8 +334,11 @@ def collect(cell: Cell) -> dict[str, Any]:
     summary = json.loads((cell.run_dir / "summary.json").read_text())
     metrics = json.loads((cell.run_dir / "metrics.json").read_text())
     selected = summary.get("selected_round")
-    record = next((r for r in metrics.get("rounds", []) if r.get("round") == selected), {})
+    rounds = sorted(metrics.get("rounds", []), key=lambda r: r.get("round", 0))
+    record = next((r for r in rounds if r.get("round") == selected), {})
     test = record.get("test") or {}
+    # the run's last teacher round, trained on or not (a round whose cases were all rejected is not selected)
+    taught = next((r for r in reversed(rounds) if isinstance(r.get("pseudo_quality"), dict)), {})
     manifest = read_manifest(cell.run_dir) or {"steps": {}}
     row.update(
         selected_round=selected,
@@ -343,7 +346,8 @@ def collect(cell: Cell) -> dict[str, Any]:
         pooled_dice=test.get("pooled_dice"),
         hd95=test.get("hd95_mean"),
         dice_per_class=test.get("dice_per_class") or {},
-        pseudo_quality=record.get("pseudo_quality"),
+        pseudo_quality=taught.get("pseudo_quality"),
+        accept_rate=taught.get("accept_rate"),
         wall_s=round(sum(float(s.get("seconds") or 0.0) for s in manifest["steps"].values()), 1),
         shared_round0=any("shared_from" in s for s in manifest["steps"].values()),
     )

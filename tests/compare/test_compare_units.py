@@ -181,3 +181,13 @@ def test_every_experiment_recipe_is_a_method():
     names = list_options()["experiment"]
     assert {"samdsk", "supervised"} <= set(names)
     assert [m.label for m in parse_methods(names, names)][0] == "supervised"
+
+
+def test_table_says_when_pseudo_label_quality_covers_only_some_runs():
+    rows = [row("supervised", 0, s, 0.5) for s in (0, 1)]
+    rows += [dict(row("samdsk", 0, s, 0.5), accept_rate=a, pseudo_quality={"accepted_dice": d, "student_dice": 0.8})
+             for s, a, d in ((0, 0.0, None), (1, 0.5, 0.9))]
+    out = summarize(rows, ["supervised", "samdsk"])
+    assert out["methods"]["samdsk"]["accept_rate"]["mean"] == pytest.approx(0.25)
+    line = next(ln for ln in table(out).splitlines() if ln.startswith("| `samdsk`"))
+    assert "| 25 % | 0.900 (1 of 2 runs) | 0.800 ± 0.000 |" in line
