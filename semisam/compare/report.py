@@ -164,7 +164,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     sup = result["methods"].get(SUPERVISED, {}).get("dice", {}).get("mean")
     if sup is not None:
         ax.axhline(sup, color="grey", ls="--", lw=1, label="supervised (mean)")
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="best", fontsize=7, framealpha=0.6)
     ax.set_xticks(range(len(labels)), [lb if len(lb) < 18 else lb[:16] + "…" for lb in labels], fontsize=8,
                   rotation=15)
     ax.set_ylabel("test Dice (selected round)")
