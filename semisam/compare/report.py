@@ -4,7 +4,7 @@ Per method (rows of :func:`summarize`): test Dice of the selected round (mean ±
 multi-class data), HD95, pooled Dice, wall time, pseudo-label quality against hidden labels where the run
 has it, and the paired difference to ``supervised`` on the same labeled draw and seed with a 95 % t
 interval (:mod:`semisam.compare.stats`). ``full`` runs on every label and has no draw: each of its runs is
-paired with the supervised run of every draw at the same seed.
+paired with the mean of the supervised runs of the same seed over the draws (one pair per seed).
 """
 from __future__ import annotations
 
@@ -26,11 +26,14 @@ def _pairs(rows: list[dict], label: str, key: str, per_class: str | None = None)
     for row in rows:
         if row["method"] != label:
             continue
-        keys = [k for k in base if k[1] == row["seed"]] if row["draw"] is None else [(row["draw"], row["seed"])]
-        for k in sorted(keys, key=str):
-            if k in base:
+        if row["draw"] is None:  # full: one pair per seed, against supervised's mean over the draws
+            same_seed = [v for (_, seed), v in base.items() if seed == row["seed"]]
+            if same_seed:
                 mine.append(value(row))
-                theirs.append(base[k])
+                theirs.append(describe(same_seed)["mean"])
+        elif (row["draw"], row["seed"]) in base:
+            mine.append(value(row))
+            theirs.append(base[(row["draw"], row["seed"])])
     return mine, theirs
 
 
@@ -128,7 +131,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"Dataset `{spec.get('dataset')}`, {labeled} labeled per draw, {n_draws} labeled draw(s) × "
               f"{n_seeds} seed(s). Test Dice is the selected round's (the last, or best on validation cases "
               "when `loop.select_by_val`), never a best-of-test. Δ pairs each run with the supervised run of the "
-              "same draw and seed (`full`: every draw at its seed); the interval is Student's t over the pairs. "
+              "same draw and seed (`full`: supervised's mean over the draws at its seed); the interval is Student's t over the pairs. "
               "PL = the last teacher round's pseudo-labels against the hidden labels of the unlabeled cases (analysis "
               "only; accepted cases = its accept rate, and a round that accepted nothing stops the run at the "
               "previous student).", "",
