@@ -77,6 +77,7 @@ class Cell:
     cfg: RunConfig
     depends_on: "Cell | None" = None
     status: str = "pending"  # pending | running | done | failed | skipped
+    started: float | None = None
     seconds: float | None = None
     error: str | None = None
 
@@ -296,7 +297,7 @@ def execute(spec: CompareSpec, cells: list[Cell]) -> None:
                     break
                 todo.remove(cell)
                 cell.status = "running"
-                cell._start = time.time()  # type: ignore[attr-defined]
+                cell.started = time.time()
                 running[pool.submit(run_cell, cell, recipes, threads)] = cell
                 progress.line(f"started {cell.name}")
             if not running:
@@ -306,7 +307,7 @@ def execute(spec: CompareSpec, cells: list[Cell]) -> None:
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 cell = running.pop(fut)
-                cell.seconds = time.time() - cell._start  # type: ignore[attr-defined]
+                cell.seconds = time.time() - (cell.started or time.time())
                 try:
                     fut.result()
                     cell.status = "done"
