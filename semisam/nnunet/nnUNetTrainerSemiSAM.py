@@ -1,4 +1,5 @@
-"""``nnUNetTrainerSemiSAM``: nnU-Net's trainer with its length, learning rate and batch size from the recipe.
+"""``nnUNetTrainerSemiSAM``: nnU-Net's trainer with its length, learning rate, batch size and case sampling from
+the recipe.
 
 One class for every recipe (no ``nnUNetTrainer_Xepochs`` subclasses). The values come from either
 
@@ -8,8 +9,19 @@ One class for every recipe (no ``nnUNetTrainer_Xepochs`` subclasses). The values
   trains with the recipe's values too.
 
 Only ``__init__`` (same signature as nnU-Net's, which its checkpoints rely on), ``initialize`` and
-``get_dataloaders`` are overridden (the last two only to seed, see :func:`seed_everything`); the training
-loop, augmentation, validation and checkpointing are nnU-Net's.
+``get_dataloaders`` are overridden (the last two to seed, see :func:`seed_everything`, and to weight the
+training loader's case sampling, see :func:`labeled_sampling_probabilities`); the training loop,
+augmentation, validation and checkpointing are nnU-Net's.
+
+Labeled oversampling: with ``labeled_cases`` and ``labeled_share`` the training loader draws a labeled case
+with total probability ``labeled_share`` (uniform among the labeled cases) and one of the others (the
+pseudo-labeled cases) with the remainder, through nnU-Net's own ``sampling_probabilities`` argument of
+``nnUNetDataLoader`` (which the stock ``get_dataloaders`` sets to None). The validation loader stays uniform.
+Rather than copying nnU-Net's 70-line ``get_dataloaders`` to change one argument, the name
+``nnUNetDataLoader`` in nnU-Net's trainer module is replaced, while the stock method runs, by a function that
+builds the stock loader with the probabilities filled in for the first loader built (nnU-Net builds the
+training loader first, then the validation loader): the loaders are plain ``nnUNetDataLoader`` objects, so
+augmentation worker processes receive them unchanged.
 
 With ``seed`` set, the run is seeded at two places, each from its own stream derived from the seed
 (:func:`derive_seed`), so that the data stream does not depend on how many random numbers the network
@@ -38,13 +50,14 @@ import os
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-# the module (not the class of the same name): get_dataloaders looks NonDetMultiThreadedAugmenter up in it
+# the module (not the class of the same name): get_dataloaders looks NonDetMultiThreadedAugmenter and
+# nnUNetDataLoader up in it
 _nnunet_trainer_module = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
 
 #: Environment variable naming a JSON file of :class:`TrainerOverrides` keys.
@@ -72,6 +85,9 @@ class TrainerOverrides:
             are not taken from it.
         seed: an integer >= 0 that seeds the network's initial weights, case sampling and augmentation
             (nnU-Net: unseeded). See the module docstring.
+        labeled_cases: identifiers of the labeled cases of the training set (the others are pseudo-labeled).
+        labeled_share: the share of training samples drawn from ``labeled_cases``, in ``[0, 1)``; the other
+            cases share the rest. 0 or None: nnU-Net's uniform sampling. Needs ``labeled_cases``.
     """
 
     num_epochs: int | None = None
@@ -81,6 +97,8 @@ class TrainerOverrides:
     batch_size: int | None = None
     init_checkpoint: str | None = None
     seed: int | None = None
+    labeled_cases: Sequence[str] | None = None
+    labeled_share: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "batch_size"):
@@ -95,6 +113,18 @@ class TrainerOverrides:
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise _error(f"trainer override seed must be an integer >= 0, got {seed!r}")
+        cases = self.labeled_cases
+        if cases is not None:
+            if isinstance(cases, (str, bytes)) or not isinstance(cases, (list, tuple)) \
+                    or not all(isinstance(c, str) for c in cases):
+                raise _error(f"trainer override labeled_cases must be a list of case identifiers, got {cases!r:.80}")
+            object.__setattr__(self, "labeled_cases", tuple(cases))
+        share = self.labeled_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not 0 <= share < 1):
+            raise _error(f"trainer override labeled_share must be a number in [0, 1), got {share!r}")
+        if share and cases is None:
+            raise _error("trainer override labeled_share needs labeled_cases (the labeled case identifiers)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "trainer overrides") -> "TrainerOverrides":
@@ -128,11 +158,13 @@ class TrainerOverrides:
         """Write the set values as JSON (atomically), for ``SEMISAM_TRAINER_CONFIG``."""
         from semisam.utils.io import write_json_atomic
 
-        return write_json_atomic(path, {k: v for k, v in asdict(self).items() if v is not None})
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
+        return write_json_atomic(path, values)
 
 
 class nnUNetTrainerSemiSAM(nnUNetTrainer):
-    """nnU-Net's trainer whose length, learning rate, batch size, initial weights and seed come from the recipe."""
+    """nnU-Net's trainer whose length, learning rate, batch size, initial weights, seed and labeled share of the
+    sampled cases come from the recipe."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -141,6 +173,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self.semisam_batch_size: int | None = None
         self.semisam_init_checkpoint: str | None = None
         self.semisam_seed: int | None = None
+        self.semisam_labeled_cases: tuple[str, ...] | None = None
+        self.semisam_labeled_share: float | None = None
         self.apply_overrides(TrainerOverrides.from_env())
 
     def apply_overrides(self, overrides: TrainerOverrides) -> None:
@@ -161,6 +195,10 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             self.semisam_init_checkpoint = overrides.init_checkpoint
         if overrides.seed is not None:
             self.semisam_seed = overrides.seed
+        if overrides.labeled_cases is not None:
+            self.semisam_labeled_cases = overrides.labeled_cases
+        if overrides.labeled_share is not None:
+            self.semisam_labeled_share = overrides.labeled_share
 
     def initialize(self) -> None:
         if self.semisam_batch_size is not None:
@@ -178,12 +216,32 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         )
 
     def get_dataloaders(self):
-        """nnU-Net's loaders, built after seeding the global generators (and with seeded augmentation workers)."""
-        if self.semisam_seed is None:
+        """nnU-Net's loaders, built after seeding the global generators (and with seeded augmentation workers),
+        the training loader drawing the labeled cases with ``labeled_share`` (see the module docstring)."""
+        with contextlib.ExitStack() as stack:
+            if self.semisam_seed is not None:
+                seed_everything(derive_seed(self.semisam_seed, SEED_STREAM_DATA))
+                stack.enter_context(seeded_augmenter_workers(self.semisam_seed))
+            if self.semisam_labeled_share:
+                stack.enter_context(weighted_training_loader(self.training_sampling_probabilities))
             return super().get_dataloaders()
-        seed_everything(derive_seed(self.semisam_seed, SEED_STREAM_DATA))
-        with seeded_augmenter_workers(self.semisam_seed):
-            return super().get_dataloaders()
+
+    def training_sampling_probabilities(self, identifiers: Sequence[str]) -> np.ndarray | None:
+        """The training loader's ``sampling_probabilities`` for its cases (in loader order), logged; None
+        (uniform) when no share is set, or when the cases are all labeled or none is."""
+        share = self.semisam_labeled_share
+        labeled = set(self.semisam_labeled_cases or ())
+        n_labeled = sum(i in labeled for i in identifiers)
+        probs = labeled_sampling_probabilities(identifiers, labeled, share)
+        if probs is not None:
+            self.print_to_log_file(f"semisam: sampling {n_labeled} labeled of {len(identifiers)} training cases "
+                                   f"with probability {share} together (the others {1 - share:.4g})")
+        elif share and n_labeled == 0:
+            self.print_to_log_file(f"semisam: none of the {len(identifiers)} training cases is among labeled_cases;"
+                                   f" sampling uniformly (labeled_share {share} not applied)")
+        elif share:
+            self.print_to_log_file(f"semisam: all {len(identifiers)} training cases are labeled; sampling uniformly")
+        return probs
 
 
 #: Streams of :func:`derive_seed` used by the trainer.
@@ -225,6 +283,41 @@ def seeded_augmenter_workers(seed: int):
         yield
     finally:
         _nnunet_trainer_module.NonDetMultiThreadedAugmenter = original
+
+
+def labeled_sampling_probabilities(identifiers: Sequence[str], labeled_cases: Sequence[str] | set[str],
+                                   labeled_share: float | None) -> np.ndarray | None:
+    """Per-case sampling probabilities, shape ``(len(identifiers),)`` summing to 1: the cases in
+    ``labeled_cases`` get ``labeled_share`` together (uniform among them), the others ``1 - labeled_share``
+    (uniform among them). None, nnU-Net's uniform draw, when the share is 0 or None or when the cases are
+    all labeled or none is."""
+    labeled = set(labeled_cases)
+    is_labeled = np.array([i in labeled for i in identifiers], dtype=bool)
+    n_labeled = int(is_labeled.sum())
+    if not labeled_share or n_labeled in (0, len(identifiers)):
+        return None
+    probs = np.where(is_labeled, labeled_share / n_labeled, (1.0 - labeled_share) / (len(identifiers) - n_labeled))
+    return probs / probs.sum()
+
+
+@contextlib.contextmanager
+def weighted_training_loader(probabilities_for: Callable[[Sequence[str]], np.ndarray | None]):
+    """Within the block, the first ``nnUNetDataLoader`` that nnU-Net's trainer builds (the training loader)
+    gets ``sampling_probabilities=probabilities_for(its case identifiers)`` when nnU-Net passes None; later
+    loaders (validation) are nnU-Net's. The loaders built are stock ``nnUNetDataLoader`` objects."""
+    original = _nnunet_trainer_module.nnUNetDataLoader
+    built = itertools.count()
+
+    def build_loader(data, *args, **kwargs):
+        if next(built) == 0 and kwargs.get("sampling_probabilities") is None:
+            kwargs["sampling_probabilities"] = probabilities_for(list(data.identifiers))
+        return original(data, *args, **kwargs)
+
+    _nnunet_trainer_module.nnUNetDataLoader = build_loader
+    try:
+        yield
+    finally:
+        _nnunet_trainer_module.nnUNetDataLoader = original
 
 
 def load_network_weights(network: torch.nn.Module, checkpoint_file: str | os.PathLike) -> None:

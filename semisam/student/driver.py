@@ -139,7 +139,8 @@ class NnUNetStudent:
     def build_trainer(self, dataset_id: int, configuration: str = "2d", fold: int | str = "all", *,
                       epochs: int, iterations_per_epoch: int, val_iterations_per_epoch: int,
                       initial_lr: float | None = None, batch_size: int | None = None,
-                      init_checkpoint: str | os.PathLike | None = None, seed: int | None = None):
+                      init_checkpoint: str | os.PathLike | None = None, seed: int | None = None,
+                      labeled_cases: Sequence[str] | None = None, labeled_share: float | None = None):
         """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
 
@@ -149,7 +150,7 @@ class NnUNetStudent:
                                      num_val_iterations_per_epoch=val_iterations_per_epoch,
                                      initial_lr=initial_lr, batch_size=batch_size,
                                      init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
-                                     seed=seed)
+                                     seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share)
         pre = self.paths.preprocessed / self.dataset_name(dataset_id)
         plans_file = pre / f"{self.plans_identifier}.json"
         if not plans_file.is_file():
@@ -175,7 +176,8 @@ class NnUNetStudent:
               initial_lr: float | None = None, batch_size: int | None = None,
               init_checkpoint: str | os.PathLike | None = None,
               results_dir: str | os.PathLike | None = None, validate: bool | None = None,
-              seed: int | None = None) -> Path:
+              seed: int | None = None, labeled_cases: Sequence[str] | None = None,
+              labeled_share: float | None = None) -> Path:
         """Train the student with nnU-Net's loop and the recipe's length.
 
         Args:
@@ -189,6 +191,9 @@ class NnUNetStudent:
             seed: seeds the initial weights, case sampling and augmentation (None: unseeded, nnU-Net's
                 behaviour). With ``n_proc_da=0`` on CPU, the same seed gives the same weights; see
                 docs/architecture.md, "Seeds and determinism".
+            labeled_cases, labeled_share: draw the labeled cases (identifiers in the dataset) with total
+                probability ``labeled_share`` in ``[0, 1)`` and the other (pseudo-labeled) cases with the rest,
+                through nnU-Net's ``sampling_probabilities``; 0 or None: nnU-Net's uniform sampling.
 
         Returns:
             The model folder (``.../DatasetNNN_Name/nnUNetTrainerSemiSAM__<plans>__<configuration>``),
@@ -202,7 +207,8 @@ class NnUNetStudent:
                                          iterations_per_epoch=iterations_per_epoch,
                                          val_iterations_per_epoch=val_iterations_per_epoch,
                                          initial_lr=initial_lr, batch_size=batch_size,
-                                         init_checkpoint=init_checkpoint, seed=seed)
+                                         init_checkpoint=init_checkpoint, seed=seed,
+                                         labeled_cases=labeled_cases, labeled_share=labeled_share)
             trainer.run_training()
             if validate:
                 trainer.perform_actual_validation(save_probabilities=False)

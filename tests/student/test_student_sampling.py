@@ -1,0 +1,124 @@
+"""Labeled oversampling through nnU-Net's own sampler: the real training loader of ``nnUNetTrainerSemiSAM``
+draws the labeled cases with the asked share; the validation loader, share 0 and the edge cases stay uniform.
+
+One tiny synthetic 2D dataset (6 cases, 64x64) is planned and preprocessed once per module; no training.
+"""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from semisam.nnunet.nnUNetTrainerSemiSAM import TrainerOverrides, labeled_sampling_probabilities
+from semisam.student import NnUNetStudent
+from semisam.utils.errors import SemisamError
+
+LABELED = ["case_000", "case_003"]  # "labeled"; the other four stand for pseudo-labeled cases
+DRAWS = 3000  # cases drawn per loader (batches of 2): the share's standard deviation is below 0.01
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    from data_prep.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("sampling")
+    raw = make_synthetic(root / "raw", n_train=6, n_labeled=6, n_test=0, dataset_id=913, name="Sampling")
+    student = NnUNetStudent(root / "work", device="cpu", n_proc_da=0)
+    dataset_id = student.add_raw_dataset(raw, dataset_id=913, name="Sampling")
+    student.plan_and_preprocess(dataset_id)
+    return {"root": root, "student": student, "dataset_id": dataset_id}
+
+
+def _loaders(preprocessed, tag, **sampling):
+    """The trainer's real (training, validation) data loaders, built by nnU-Net's get_dataloaders."""
+    student = preprocessed["student"]
+    with student.env(preprocessed["root"] / f"results_{tag}"):
+        trainer = student.build_trainer(preprocessed["dataset_id"], "2d", "all", epochs=1, iterations_per_epoch=1,
+                                        val_iterations_per_epoch=1, batch_size=2, seed=0, **sampling)
+        trainer.initialize()
+        trainer.print_to_log_file("start")  # creates the log file (nnU-Net does it in on_train_start)
+        train, val = trainer.get_dataloaders()
+    log = trainer.log_file
+    return train.data_loader, val.data_loader, open(log).read()
+
+
+def _drawn(loader) -> Counter:
+    """Identifiers the loader draws over many batches (its own ``get_indices``, as ``generate_train_batch``)."""
+    counts = Counter()
+    for _ in range(DRAWS // loader.batch_size):
+        counts.update(loader.get_indices())
+    return counts
+
+
+def _labeled_fraction(counts: Counter) -> float:
+    return sum(counts[c] for c in LABELED) / sum(counts.values())
+
+
+@pytest.mark.slow
+def test_training_loader_draws_the_labeled_share(preprocessed):
+    train, val, log = _loaders(preprocessed, "half", labeled_cases=LABELED, labeled_share=0.5)
+    assert len(train.indices) == 6
+    counts = _drawn(train)
+    assert _labeled_fraction(counts) == pytest.approx(0.5, abs=0.04)  # uniform would give 2/6
+    # uniform among the labeled cases, and among the others
+    assert counts["case_000"] == pytest.approx(counts["case_003"], rel=0.2)
+    others = [counts[c] for c in counts if c not in LABELED]
+    assert len(others) == 4 and max(others) < 1.3 * min(others)
+    # a real batch comes from the same draw
+    assert set(train.generate_train_batch()["keys"]) <= set(train.indices)
+    # the validation loader is nnU-Net's uniform one
+    assert val.sampling_probabilities is None
+    assert _labeled_fraction(_drawn(val)) == pytest.approx(2 / 6, abs=0.04)
+    assert "sampling 2 labeled of 6 training cases with probability 0.5 together" in log
+
+
+@pytest.mark.slow
+def test_share_zero_no_labeled_case_or_all_labeled_is_uniform(preprocessed):
+    train, _, _ = _loaders(preprocessed, "zero", labeled_cases=LABELED, labeled_share=0.0)
+    assert train.sampling_probabilities is None
+    assert _labeled_fraction(_drawn(train)) == pytest.approx(2 / 6, abs=0.04)
+    train, _, log = _loaders(preprocessed, "absent", labeled_cases=["not_a_case"], labeled_share=0.5)
+    assert train.sampling_probabilities is None
+    assert "none of the 6 training cases is among labeled_cases" in log
+    everything = [f"case_{i:03d}" for i in range(6)]
+    train, _, log = _loaders(preprocessed, "all", labeled_cases=everything, labeled_share=0.5)
+    assert train.sampling_probabilities is None
+    assert "all 6 training cases are labeled" in log
+
+
+# ---------------------------------------------------------------- fast tests (no nnU-Net data)
+
+def test_labeled_sampling_probabilities():
+    ids = ["a", "b", "c", "d", "e"]
+    p = labeled_sampling_probabilities(ids, {"b"}, 0.6)
+    np.testing.assert_allclose(p, [0.1, 0.6, 0.1, 0.1, 0.1])
+    p = labeled_sampling_probabilities(ids, ["a", "e", "zz"], 0.5)
+    np.testing.assert_allclose(p, [0.25, 1 / 6, 1 / 6, 1 / 6, 0.25])
+    assert p.sum() == pytest.approx(1.0)
+    assert labeled_sampling_probabilities(ids, {"b"}, 0.0) is None
+    assert labeled_sampling_probabilities(ids, {"b"}, None) is None
+    assert labeled_sampling_probabilities(ids, set(), 0.5) is None
+    assert labeled_sampling_probabilities(ids, set(ids), 0.5) is None
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"labeled_cases": ["a"], "labeled_share": 1.0}, r"labeled_share must be a number in \[0, 1\)"),
+    ({"labeled_cases": ["a"], "labeled_share": -0.1}, r"labeled_share must be a number in \[0, 1\)"),
+    ({"labeled_cases": ["a"], "labeled_share": "0.5"}, "labeled_share must be a number"),
+    ({"labeled_cases": ["a"], "labeled_share": True}, "labeled_share must be a number"),
+    ({"labeled_cases": "case_000", "labeled_share": 0.5}, "labeled_cases must be a list of case identifiers"),
+    ({"labeled_cases": [1, 2], "labeled_share": 0.5}, "labeled_cases must be a list of case identifiers"),
+    ({"labeled_share": 0.5}, "labeled_share needs labeled_cases"),
+])
+def test_bad_sampling_overrides_are_one_line(values, match):
+    with pytest.raises(SemisamError, match=match) as info:
+        TrainerOverrides.from_mapping(values)
+    assert "\n" not in str(info.value)
+
+
+def test_sampling_overrides_round_trip_through_json(tmp_path):
+    overrides = TrainerOverrides(labeled_cases=["case_000", "case_003"], labeled_share=0.5)
+    written = overrides.write_json(tmp_path / "t.json")
+    assert json.loads(written.read_text()) == {"labeled_cases": ["case_000", "case_003"], "labeled_share": 0.5}
+    assert TrainerOverrides.from_json(written) == overrides
+    assert TrainerOverrides(labeled_cases=[], labeled_share=0).labeled_cases == ()
