@@ -4,6 +4,7 @@
     semisam compare --dataset DIR --out DIR ...         methods × labeled draws × seeds, paired vs supervised
     semisam pseudolabel --images DIR --probs DIR ...    refine a trained nnU-Net's predictions with SAM
     semisam evaluate --pred DIR --gt DIR ...            Dice / HD95 tables (monai.metrics)
+    semisam probe COMPARE_DIR ... --rules R ... --out DIR  pseudo-label rules vs the student (no retraining)
     semisam bench --raw-dir DIR --work-dir DIR          does the teacher beat the student? (measured)
     semisam nnunet <nnUNetv2_command> [args ...]         nnU-Net's own commands, torchvision-safe
 
@@ -67,6 +68,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from semisam.eval.report import evaluate_folders
 
     evaluate_folders(Path(args.pred), Path(args.gt), Path(args.dataset_json), Path(args.out))
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from semisam.compare.probe import run_probe
+
+    run_probe(args.compares, args.rules, args.out, method=args.method, recipes=args.recipes)
     return 0
 
 
@@ -148,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     bp = sub.add_parser("bench", help="measure the teacher against the student's own pseudo-labels (hidden labels)")
     bench_parser(bp)
     bp.set_defaults(fn=_cmd_bench)
+
+    from semisam.compare.probe import build_parser as probe_parser
+
+    pr = sub.add_parser("probe", help="score pseudo-label rules against the student on a compare folder's "
+                                      "round-0 students (hidden labels, no retraining)")
+    recipes_arg(pr)
+    probe_parser(pr)
+    pr.set_defaults(fn=_cmd_probe)
 
     nn = sub.add_parser("nnunet", help="run an nnUNetv2_* command with semisam's compat and trainers active")
     nn.add_argument("command", help="e.g. nnUNetv2_train")

@@ -10,6 +10,9 @@ All modes share these rules (``accepted`` / ``rejected`` objects come from the f
   object mask the prompt came from — gets the ignore label, in every mode. Rejection wins over acceptance
   where a rejected and an accepted object overlap.
 - **Per-pixel filter**: pixels where ``pixel_reliable`` is False get the ignore label.
+- **Gray zone**: with ``gray_zone`` g > 0, background pixels where the student's largest foreground
+  probability is at least g get the ignore label (background the student is unsure of is not taught as
+  background). Needs ``student_probs``.
 
 Modes:
 
@@ -20,6 +23,12 @@ Modes:
   background), ignore where they disagree. Pixels where neither sees foreground are background; student
   foreground that no accepted teacher mask covers is ignore. This mode never labels a pixel foreground
   where the student said background, nor gives it a class other than the student's.
+- ``union``: the student's labels, with every accepted teacher mask added in its object's class (the
+  teacher can grow an outline the student drew too tight, and add an object the student nearly missed, a
+  candidate). Rejected objects are ignored.
+- ``choose``: per object, the teacher's mask replaces the student's object where the object is accepted
+  (SAM trusted); where it is rejected, the student's object is kept if ``keep_student`` says so for that
+  object (the student is confident about it), else the object is ignored.
 - ``weighted``: per class, ``p = w * q + (1 - w) * student_probs`` with ``w = fusion_weight`` and the
   teacher's class probabilities ``q``: ``q_k`` = max of the accepted class-k objects' teacher
   probabilities (``teacher_probs``, or their hard masks when not given), ``q_0 = 1 - max_k q_k``,
@@ -38,7 +47,7 @@ import numpy as np
 from semisam.utils.errors import SemisamError
 from semisam.utils.registry import suggest
 
-FUSION_MODES = ("sam", "student", "agree", "weighted")
+FUSION_MODES = ("sam", "student", "agree", "union", "choose", "weighted")
 
 
 def _np(x: Any) -> np.ndarray:
@@ -87,6 +96,8 @@ def fuse(
     student_object_masks: Any = None,
     pixel_reliable: Any = None,
     min_confidence: float = 0.5,
+    keep_student: Any = None,
+    gray_zone: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make the pseudo-label of one slice (or volume) by the rules in the module docstring.
 
@@ -105,13 +116,17 @@ def fuse(
             (``PromptBatch.object_masks``); its pixels are ignored too when the object is rejected.
         pixel_reliable: ``(*S)`` bool per-pixel filter (:func:`semisam.filters.pixel_accept`).
         min_confidence: minimum fused probability for ``weighted``.
+        keep_student: ``(N,)`` bool, for ``choose``: keep the student's object where the object is rejected
+            (default: never, the object is ignored).
+        gray_zone: background pixels with student foreground probability >= this are ignored (0: off).
 
     Returns:
         ``(pseudo_label (*S), accept_pixel_mask (*S) bool)``; the label is uint8 when
         ``ignore_label <= 255``, else int32.
 
     Raises:
-        SemisamError: unknown mode, shape mismatch, missing probabilities for ``weighted``, an ignore
+        SemisamError: unknown mode, shape mismatch, missing probabilities for ``weighted`` or the gray zone,
+            an ignore
             label that collides with a class, ``fusion_weight`` outside ``[0, 1]``.
     """
     if mode not in FUSION_MODES:
@@ -137,13 +152,22 @@ def fuse(
     if ignore_label <= max_class:
         raise SemisamError(f"ignore label {ignore_label} collides with class {max_class}; use max class + 1")
 
-    rejected = t_masks[~accept].any(axis=0) if n else np.zeros(spatial, dtype=bool)
+    keep = np.zeros(n, dtype=bool)
+    if mode == "choose" and keep_student is not None:
+        keep = _np(keep_student).astype(bool).reshape(-1)
+        if keep.shape != (n,):
+            raise SemisamError(f"keep_student has {keep.shape[0]} flags for {n} objects")
+    dropped = ~accept & ~keep  # rejected objects whose pixels are ignored
+    rejected = t_masks[dropped].any(axis=0) if n else np.zeros(spatial, dtype=bool)
+    s_obj = None
     if student_object_masks is not None:
         s_obj = _np(student_object_masks).astype(bool)
         if s_obj.shape != t_masks.shape:
             raise SemisamError(f"student object masks {s_obj.shape} do not match teacher masks {t_masks.shape}")
         if n:
-            rejected |= s_obj[~accept].any(axis=0)
+            rejected |= s_obj[dropped].any(axis=0)
+    elif mode == "choose":
+        raise SemisamError("fusion 'choose' needs the student's object masks behind the prompts")
     t_map, conflict = teacher_label_map(t_masks, class_ids, accept)
 
     if mode == "sam":
@@ -153,11 +177,27 @@ def fuse(
         conflict = np.zeros(spatial, dtype=bool)
     elif mode == "agree":
         out = np.where(s_lab == t_map, s_lab, ignore_label)
+    elif mode == "union":
+        out = np.where(t_map > 0, t_map, s_lab)
+    elif mode == "choose":
+        replaced = s_obj[accept].any(axis=0) if n else np.zeros(spatial, dtype=bool)
+        out = np.where(t_map > 0, t_map, np.where(replaced, 0, s_lab))
+        if n and keep.any():  # the student's confident objects whose teacher mask was rejected: theirs
+            for c in np.unique(class_ids[keep & ~accept]):
+                out = np.where(s_obj[keep & ~accept & (class_ids == c)].any(axis=0), c, out)
     else:
         out = _weighted(s_lab, t_masks, class_ids, accept, student_probs, teacher_probs,
                         fusion_weight, min_confidence, ignore_label)
 
     out = np.where(conflict | rejected, ignore_label, out)
+    if gray_zone > 0:
+        if student_probs is None:
+            raise SemisamError("the gray zone (filters.gray_zone > 0) needs the student's probabilities")
+        p_s = _np(student_probs)
+        if p_s.shape[1:] != spatial:
+            raise SemisamError(f"student probabilities {p_s.shape} do not match the labels {spatial}")
+        unsure = p_s[1:].max(axis=0) >= gray_zone
+        out = np.where((out == 0) & unsure, ignore_label, out)
     if pixel_reliable is not None:
         reliable = _np(pixel_reliable).astype(bool)
         if reliable.shape != spatial:

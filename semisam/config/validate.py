@@ -95,6 +95,25 @@ def validate(cfg: RunConfig) -> RunConfig:
             "prompts give SAM nothing to segment; set prompts.box=true or prompts.positive_points>0 "
             "or prompts.mask_prompt=true"
         )
+    if 0 < p.candidate_threshold and not p.candidate_threshold < p.threshold:
+        raise SemisamError(f"prompts.candidate_threshold={p.candidate_threshold:g} must lie below "
+                           f"prompts.threshold={p.threshold:g} (or be 0: off)")
+    f = cfg.filters
+    if 0 < f.gray_zone and not f.gray_zone < p.threshold:
+        raise SemisamError(f"filters.gray_zone={f.gray_zone:g} must lie below prompts.threshold={p.threshold:g} "
+                           "(or be 0: off)")
+    if f.ensemble_mask and f.perturbations == 0:
+        raise SemisamError("filters.ensemble_mask=true needs filters.perturbations > 0 (the ensemble's extra boxes)")
+    if p.second_pass and not p.box:
+        raise SemisamError("prompts.second_pass refines box prompts; set prompts.box=true")
+    if p.second_pass and p.second_pass_positive + p.second_pass_negative == 0:
+        raise SemisamError("prompts.second_pass needs prompts.second_pass_positive or second_pass_negative > 0")
+    if p.source == "everything" and (p.second_pass or f.perturbations):
+        raise SemisamError("prompts.source=everything matches SAM's automatic masks; it cannot be combined with "
+                           "prompts.second_pass or filters.perturbations")
+    if cfg.teacher.name == "none" and (p.source == "everything" or p.candidate_threshold > 0 or p.second_pass):
+        raise SemisamError("prompts.source=everything, candidate_threshold and second_pass need a SAM teacher; "
+                           "teacher=none can only self-train")
     if cfg.loop.max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
         raise SemisamError(
             f"teacher.name=none cannot produce filters.fusion={cfg.filters.fusion!r} pseudo-labels; "

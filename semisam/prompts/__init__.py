@@ -11,6 +11,7 @@ Typical use for one case (``student_probs`` ``(K, Z, Y, X)``)::
 from semisam.prompts.objects import (
     OVERLAP_RULES,
     ObjectMask,
+    extract_candidates,
     extract_objects,
     has_foreground,
     iter_slices,
@@ -29,6 +30,7 @@ from semisam.prompts.prompts import (
     lowres_mask_logits,
     make_prompts,
     ring_points,
+    second_pass_prompts,
 )
 
 __all__ = [
@@ -40,12 +42,14 @@ __all__ = [
     "PADDING",
     "box_from_mask",
     "deep_points",
+    "extract_candidates",
     "extract_objects",
     "has_foreground",
     "iter_slices",
     "lowres_mask_logits",
     "make_prompts",
     "ring_points",
+    "second_pass_prompts",
     "split_touching",
     "stack_slices",
     "student_hard_labels",

@@ -39,6 +39,9 @@ class ObjectMask:
         prob_mean: mean student probability of ``class_id`` over the object's pixels.
         area: number of pixels in ``mask``.
         bbox_xyxy: tight box ``(x0, y0, x1, y1)``, inclusive pixel indices (x = column, y = row).
+        candidate: True for an object the student *nearly* found (a component above a lower threshold with
+            no pixel above the student's threshold, :func:`extract_candidates`); its pixels are background in
+            the student's hard labels.
     """
 
     class_id: int
@@ -46,6 +49,7 @@ class ObjectMask:
     prob_mean: float
     area: int
     bbox_xyxy: tuple[int, int, int, int]
+    candidate: bool = False
 
 
 def validate_probs(
@@ -305,3 +309,56 @@ def stack_slices(slices: Sequence[np.ndarray], axis: int = 0) -> np.ndarray:
     if first.ndim not in (2, 3):
         raise SemisamError(f"slices must be (rows, cols) or (C, rows, cols), got shape {first.shape}")
     return np.stack([np.asarray(s) for s in slices], axis=first.ndim - 2 + axis)
+
+
+def extract_candidates(
+    student_probs_slice: np.ndarray,
+    *,
+    low_threshold: float,
+    threshold: float = 0.5,
+    min_size: int = 10,
+    overlap: str = "argmax",
+) -> list[ObjectMask]:
+    """Objects the student nearly missed: per class, the connected components (8-connectivity) of the hard
+    labels at ``low_threshold`` that hold no pixel of that class at ``threshold``.
+
+    A component that contains a pixel of an object found at ``threshold`` is that object's halo, not a new
+    object, and is skipped; so candidates never overlap the student's objects of the same class. Components
+    smaller than ``min_size`` pixels are dropped. SAM is prompted on candidates like on objects, so it can
+    add objects the student was unsure of (the teacher as a corrector, not only a filter).
+
+    Args:
+        student_probs_slice: ``(K, Y, X)`` probabilities of one slice, background first.
+        low_threshold: the candidate threshold, ``0 < low_threshold < threshold``.
+        threshold, min_size, overlap: as in :func:`extract_objects`.
+
+    Returns:
+        list of :class:`ObjectMask` with ``candidate=True``, in the order of :func:`extract_objects`.
+
+    Raises:
+        SemisamError: ``low_threshold`` not in ``(0, threshold)``; not a ``(K, Y, X)`` array.
+    """
+    if not 0.0 < low_threshold < threshold:
+        raise SemisamError(f"candidate threshold {low_threshold!r} must lie in (0, {threshold:g}), below the "
+                           "student's threshold")
+    probs = np.asarray(student_probs_slice)
+    if probs.ndim != 3:
+        raise SemisamError(f"extract_candidates takes one slice (K, Y, X), got shape {probs.shape}")
+    high = student_hard_labels(probs, threshold=threshold, overlap=overlap)
+    low = student_hard_labels(probs, threshold=low_threshold, overlap=overlap)
+    out: list[ObjectMask] = []
+    for class_id in range(1, probs.shape[0]):
+        comps, n = ndimage.label(low == class_id, structure=_FULL_CONNECTIVITY_2D)
+        if n == 0:
+            continue
+        found = np.unique(comps[high == class_id])
+        for comp_id in range(1, n + 1):
+            if comp_id in found:
+                continue
+            mask = comps == comp_id
+            area = int(mask.sum())
+            if area < max(min_size, 1):
+                continue
+            out.append(ObjectMask(class_id=class_id, mask=mask, prob_mean=float(probs[class_id][mask].mean()),
+                                  area=area, bbox_xyxy=_bbox_xyxy(mask), candidate=True))
+    return out

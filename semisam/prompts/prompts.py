@@ -309,3 +309,70 @@ def make_prompts(
         mask_inputs=mask_inputs,
         object_masks=masks,
     )
+
+
+def second_pass_prompts(
+    first: PromptBatch,
+    first_masks: np.ndarray,
+    *,
+    positive_points: int = 1,
+    negative_points: int = 1,
+    lowres_logits: np.ndarray | None = None,
+) -> PromptBatch:
+    """Prompts of a second teacher pass per object (box, then points, then the first pass's logits).
+
+    Object i keeps its first-pass box and gets ``positive_points`` points deep inside its first-pass mask
+    (:func:`deep_points`; the student's object when that mask is empty) and up to ``negative_points``
+    negative points on its *neighbours*: the deepest point of every other object's first-pass mask that
+    reaches into object i's box, nearest first. Missing points are padding (-1). With ``lowres_logits`` the
+    first pass's low-res decoder logits are passed back as ``mask_inputs`` (SAM's own iterative refinement;
+    they are already in the low-res input frame, see the module docstring).
+
+    Args:
+        first: the first pass's prompts (boxes required).
+        first_masks: ``(N, Y, X)`` bool, the first pass's masks.
+        positive_points, negative_points: per object, >= 0; at least one of them > 0.
+        lowres_logits: ``(N, 1, L, L)`` first-pass low-res logits, or None.
+
+    Returns:
+        :class:`PromptBatch` with the same N, class ids and object masks as ``first``.
+
+    Raises:
+        SemisamError: no box in ``first``, no point asked for, shapes that disagree.
+    """
+    n = len(first)
+    if first.boxes_xyxy is None:
+        raise SemisamError("the second teacher pass refines box prompts: enable prompts.box")
+    if positive_points + negative_points <= 0:
+        raise SemisamError("the second teacher pass needs positive_points or negative_points > 0")
+    first_masks = np.asarray(first_masks, dtype=bool)
+    if first_masks.shape != first.object_masks.shape:
+        raise SemisamError(f"first-pass masks {first_masks.shape} do not match the objects {first.object_masks.shape}")
+    p = int(positive_points) + int(negative_points)
+    points = np.zeros((n, p, 2), dtype=np.float32)
+    labels = np.full((n, p), PADDING, dtype=np.int64)
+    sources = [m if m.any() else o for m, o in zip(first_masks, first.object_masks)]
+    centres = [deep_points(s, 1) for s in sources]
+    for i in range(n):
+        pos = deep_points(sources[i], int(positive_points))
+        x0, y0, x1, y1 = (int(v) for v in first.boxes_xyxy[i])
+        neigh = []
+        for j in range(n):
+            if j == i or not len(centres[j]) or not sources[j][y0:y1 + 1, x0:x1 + 1].any():
+                continue
+            cx, cy = centres[j][0]
+            if sources[i][int(cy), int(cx)]:
+                continue  # the neighbour's centre lies inside this object: not a background point
+            neigh.append((float(np.hypot(*(centres[j][0] - pos[0]))) if len(pos) else 0.0, centres[j][0]))
+        neg = [pt for _, pt in sorted(neigh, key=lambda t: t[0])][: int(negative_points)]
+        pts = np.concatenate([pos, np.asarray(neg, dtype=np.float32).reshape(-1, 2)])
+        points[i, : len(pts)] = pts
+        labels[i, : len(pos)] = POSITIVE
+        labels[i, len(pos) : len(pts)] = NEGATIVE
+    mask_inputs = None
+    if lowres_logits is not None:
+        mask_inputs = np.asarray(lowres_logits, dtype=np.float32)
+        if mask_inputs.shape[0] != n or mask_inputs.ndim != 4:
+            raise SemisamError(f"first-pass logits {mask_inputs.shape} do not match {n} objects")
+    return PromptBatch(class_ids=first.class_ids, boxes_xyxy=first.boxes_xyxy, points_xy=points, point_labels=labels,
+                       mask_inputs=mask_inputs, object_masks=first.object_masks)

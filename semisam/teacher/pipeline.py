@@ -28,7 +28,16 @@ from semisam.filters import (
     pixel_accept,
 )
 from semisam.fusion import fuse, teacher_label_map
-from semisam.prompts import extract_objects, iter_slices, make_prompts, stack_slices, student_hard_labels, validate_probs
+from semisam.prompts import (
+    extract_candidates,
+    extract_objects,
+    iter_slices,
+    make_prompts,
+    second_pass_prompts,
+    stack_slices,
+    student_hard_labels,
+    validate_probs,
+)
 from semisam.utils.errors import SemisamError
 
 
@@ -48,6 +57,17 @@ class PromptSettings:
     split_min_distance: int = 3
     slice_axis: int = 0
     overlap: str = "argmax"
+    box_margin_space: str = "image"
+    candidate_threshold: float = 0.0
+    source: str = "student"
+    everything_points_per_side: int = 16
+    everything_min_iou: float = 0.5
+    everything_min_stability: float = 0.8
+    match_iou: float = 0.3
+    second_pass: bool = False
+    second_pass_positive: int = 1
+    second_pass_negative: int = 1
+    second_pass_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,9 @@ class FilterSettings:
     perturbations: int = 0
     boundary_band: int = 0
     case_min_accept: float = 0.5
+    ensemble_mask: bool = False
+    gray_zone: float = 0.0
+    student_confident: float = 1.0
 
 
 @dataclass
@@ -187,6 +210,8 @@ class PseudoLabeler:
         teacher = stack_slices(teacher_slices, axis)
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_obj.items()}
         foreground = (student > 0) | (teacher > 0)
+        if self.f.gray_zone > 0:  # background the student is unsure of may be missed foreground
+            foreground |= probs[1:].max(axis=0) >= self.f.gray_zone
         stats = CaseStats.from_arrays(
             case_id, accept=cat["accept"], reasons=reasons, accept_pixel_mask=pseudo != self.ignore_label,
             foreground=foreground, case_min_accept=self.f.case_min_accept, iou_pred=cat["iou"],
@@ -205,50 +230,90 @@ class PseudoLabeler:
         self.stats.append(stats)
         return PseudoLabel(pseudo.astype(np.uint8), student, None, stats.accepted, stats.to_dict())
 
+    def _margins(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """``(box margin, perturbation jitter)`` in image pixels of a slice of ``shape`` (converted from the
+        teacher's input frame when ``prompts.box_margin_space=teacher``)."""
+        if self.p.box_margin_space != "teacher":
+            return self.p.box_margin, PERTURB_JITTER
+        scale = max(shape) / self.teacher.model.spec.input_size
+        return int(round(self.p.box_margin * scale)), max(1, int(round(PERTURB_JITTER * scale)))
+
+    def _prompts(self, objects, probs_s, shape, rng, margin: int, jitter: int):
+        p = self.p
+        return make_prompts(objects, shape, box=p.box, box_margin=margin, box_jitter=jitter,
+                            positive_points=p.positive_points, negative_points=p.negative_points,
+                            mask_prompt=p.mask_prompt, student_probs_slice=probs_s, rng=rng,
+                            mask_size=self.teacher.model.spec.lowres_size)
+
+    def _teach(self, img_s, batch):
+        """The teacher's masks for a prompt batch: one pass, or two with ``prompts.second_pass``."""
+        pred = self.teacher.predict(img_s, batch.boxes_xyxy, batch.points_xy, batch.point_labels, batch.mask_inputs)
+        if not self.p.second_pass:
+            return pred
+        refined = second_pass_prompts(batch, pred.masks, positive_points=self.p.second_pass_positive,
+                                      negative_points=self.p.second_pass_negative,
+                                      lowres_logits=pred.lowres_logits if self.p.second_pass_mask else None)
+        return self.teacher.predict(img_s, refined.boxes_xyxy, refined.points_xy, refined.point_labels,
+                                    refined.mask_inputs)
+
     def _slice(self, img_s: np.ndarray, probs_s: np.ndarray, student_s: np.ndarray, rng: np.random.Generator) -> dict:
         p, f = self.p, self.f
         objects = extract_objects(probs_s, threshold=p.threshold, min_size=p.min_size,
                                   split_instances=p.split_instances, split_min_distance=p.split_min_distance,
                                   overlap=p.overlap)
+        if p.candidate_threshold > 0:
+            objects += extract_candidates(probs_s, low_threshold=p.candidate_threshold, threshold=p.threshold,
+                                          min_size=p.min_size, overlap=p.overlap)
         shape = student_s.shape
-        batch = make_prompts(objects, shape, box=p.box, box_margin=p.box_margin, box_jitter=p.box_jitter,
-                             positive_points=p.positive_points, negative_points=p.negative_points,
-                             mask_prompt=p.mask_prompt, student_probs_slice=probs_s, rng=rng,
-                             mask_size=self.teacher.model.spec.lowres_size)
+        margin, jitter = self._margins(shape)
+        batch = self._prompts(objects, probs_s, shape, rng, margin, p.box_jitter)
         n = len(batch)
+        candidate = np.array([o.candidate for o in objects], dtype=bool)
         if n == 0:
             masks = np.zeros((0, *shape), bool)
-            pred_logits = np.zeros((0, *shape), np.float32)
+            teacher_probs = np.zeros((0, *shape), np.float32)
             iou = stab = agree = unc = np.zeros(0)
             pixel_ok = None
         else:
-            pred = self.teacher.predict(img_s, batch.boxes_xyxy, batch.points_xy, batch.point_labels, batch.mask_inputs)
-            masks, pred_logits, iou, stab = pred.masks, pred.logits, pred.iou_pred, pred.stability
+            if p.source == "everything":
+                from semisam.teacher.everything import everything_for_objects
+
+                pred = everything_for_objects(self.teacher, img_s, batch.object_masks,
+                                              points_per_side=p.everything_points_per_side,
+                                              min_iou=p.everything_min_iou,
+                                              min_stability=p.everything_min_stability, match_iou=p.match_iou)
+            else:
+                pred = self._teach(img_s, batch)
+            masks, iou, stab = pred.masks, pred.iou_pred, pred.stability
+            teacher_probs = 1.0 / (1.0 + np.exp(-pred.logits))
             if f.stability_offset != 1.0:
                 from semisam.filters import stability_score
 
                 stab = stability_score(pred.logits, offset=f.stability_offset)
-            agree = agreement(masks, batch.object_masks)
             unc, pixel_ok = np.zeros(n), None
             if f.perturbations > 0:
-                runs = [masks]
+                runs, prob_runs = [masks], [teacher_probs]
                 for _ in range(f.perturbations):
-                    pb = make_prompts(objects, shape, box=p.box, box_margin=p.box_margin,
-                                      box_jitter=max(p.box_jitter, PERTURB_JITTER),
-                                      positive_points=p.positive_points, negative_points=p.negative_points,
-                                      mask_prompt=p.mask_prompt, student_probs_slice=probs_s, rng=rng,
-                                      mask_size=self.teacher.model.spec.lowres_size)
-                    runs.append(self.teacher.predict(img_s, pb.boxes_xyxy, pb.points_xy, pb.point_labels,
-                                                     pb.mask_inputs).masks)
+                    pp = self._teach(img_s, self._prompts(objects, probs_s, shape, rng, margin,
+                                                          max(p.box_jitter, jitter)))
+                    runs.append(pp.masks)
+                    prob_runs.append(1.0 / (1.0 + np.exp(-pp.logits)))
                 pixel_unc, unc = perturbation_uncertainty(np.stack(runs))
                 pixel_ok = pixel_accept(pixel_unc, f.uncertainty_thresh)
+                if f.ensemble_mask:  # the jittered-box ensemble: majority mask, mean probability
+                    masks = np.stack(runs).mean(axis=0) > 0.5
+                    teacher_probs = np.mean(prob_runs, axis=0)
+            agree = agreement(masks, batch.object_masks)
         accept, reasons = object_accept(iou, stab, agree, unc if f.perturbations else None,
                                         iou_thresh=f.iou_thresh, stability_thresh=f.stability_thresh,
                                         agreement_thresh=f.agreement_thresh, uncertainty_thresh=f.uncertainty_thresh)
+        keep_student = None
+        if n and f.student_confident < 1.0:
+            keep_student = ~candidate & (np.array([o.prob_mean for o in objects]) >= f.student_confident)
         pseudo, _ = fuse(student_s, masks, batch.class_ids, accept, mode=f.fusion, ignore_label=self.ignore_label,
-                         fusion_weight=f.fusion_weight, student_probs=probs_s,
-                         teacher_probs=1.0 / (1.0 + np.exp(-pred_logits)), student_object_masks=batch.object_masks,
-                         pixel_reliable=pixel_ok, min_confidence=f.min_confidence)
+                         fusion_weight=f.fusion_weight, student_probs=probs_s, teacher_probs=teacher_probs,
+                         student_object_masks=batch.object_masks, pixel_reliable=pixel_ok,
+                         min_confidence=f.min_confidence, keep_student=keep_student, gray_zone=f.gray_zone)
         teacher_map, _ = teacher_label_map(masks, batch.class_ids, np.ones(n, bool))
         return {"pseudo": pseudo, "teacher": teacher_map, "accept": accept, "reasons": list(reasons),
                 "iou": iou, "stab": stab, "agree": agree, "unc": unc}

@@ -1,0 +1,239 @@
+"""``semisam probe``: the teacher alone, before any retraining — does a pseudo-label rule beat the student?
+
+A cheap first table for a new teacher rule. It reuses the round-0 students of a finished ``semisam compare``
+folder (every labeled draw × seed of one loop method, ``samdsk`` by default): their probabilities on the
+unlabeled cases (``round_00/pred_unlabeled``), their adapted teacher (``teacher/adapted_r1.pt``, adapted on
+the draw's labeled cases only) and the shared embedding cache. For each *rule* — a recipe with overrides,
+of which only the ``prompts`` and ``filters`` groups are used — it pseudo-labels every unlabeled case and
+scores the result against the hidden labels:
+
+- ``dice_all``: pooled Dice with **every pixel counted**: an ignored pixel, and every pixel of a rejected
+  case, is scored as the student's own label (ignoring cannot raise it; only corrections can);
+- ``student``: the student's prediction on the same cases (the number to beat); ``delta`` = the difference,
+  paired per run, with a Student-t 95 % interval over the runs;
+- ``kept_dice`` / ``kept``: Dice on the pixels the rule keeps in accepted cases, and their share;
+- ``accept``: the share of accepted cases; ``missed``: the share of true foreground pixels of accepted
+  cases that the pseudo-label calls background (the student's own share in ``student_missed``);
+- ``sam``: SAM's raw masks (every prompted object, no filter, no fusion).
+
+Hidden labels are read here for scoring only, after each pseudo-label is made; nothing is selected by them
+(the probe prints every rule, and recipes are not changed by it). Per-run results are written as they come
+(``<out>/runs/<setting>/<run>.json``), so a rerun resumes and more rules can be added later.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semisam.utils.errors import SemisamError
+from semisam.utils.io import atomic_write_path, write_json_atomic
+
+METRICS = ("dice_all", "student", "kept_dice", "kept", "accept", "missed", "student_missed", "sam")
+
+
+def say(message: str) -> None:
+    print(f"[probe] {message}", file=sys.stderr, flush=True)
+
+
+def find_runs(compare_dir: Path, method: str) -> list[Path]:
+    """The run folders of ``method`` in a compare folder that hold a round-0 prediction of the unlabeled
+    cases."""
+    root = compare_dir / "runs" / method
+    runs = sorted(d for d in root.glob("draw*_seed*") if (d / "round_00" / "pred_unlabeled").is_dir()
+                  and (d / "config.yaml").is_file())
+    if not runs:
+        raise SemisamError(f"{root} holds no run with round_00/pred_unlabeled; run `semisam compare` with a "
+                           f"loop method first (--method names it, now {method!r})")
+    return runs
+
+
+def rule_settings(rule: str, raw_dir: str, recipes: Path | None):
+    """A rule word (``"samdsk filters.fusion=union"``) → ``(PromptSettings, FilterSettings)`` composed from
+    the recipes (the rule's teacher, student and loop settings are not used)."""
+    from semisam.compare.methods import parse_method
+    from semisam.config import compose, list_options
+    from semisam.teacher.pipeline import FilterSettings, PromptSettings
+
+    method = parse_method(rule, list_options(recipes)["experiment"])
+    cfg = compose([*method.overrides, *method.extra, f"dataset.raw_dir={raw_dir}"], config_dir=recipes)
+    return (PromptSettings(**{k: getattr(cfg.prompts, k) for k in PromptSettings.__dataclass_fields__}),
+            FilterSettings(**{k: getattr(cfg.filters, k) for k in FilterSettings.__dataclass_fields__}),
+            cfg.teacher.name)
+
+
+def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> dict[str, dict]:
+    """Score every rule not in ``done`` on one run's round-0 student; returns rule → metrics."""
+    import yaml
+
+    from semisam.config import from_dict
+    from semisam.data import RawDataset
+    from semisam.eval.metrics import pooled_dice
+    from semisam.loop.experiment import split_cases
+    from semisam.student.driver import load_probabilities
+    from semisam.teacher.pipeline import PseudoLabeler, build_pseudolabeler
+
+    todo = {k: v for k, v in rules.items() if k not in done}
+    if not todo:
+        return done
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    ds = RawDataset.open(cfg.dataset.raw_dir)
+    cases = split_cases(ds, cfg.dataset.num_val, cfg.seed)
+    fg = {k: v for k, v in ds.labels.items() if v}
+    ignore = ds.ignore_label if ds.ignore_label is not None else max(ds.labels.values()) + 1
+    base = build_pseudolabeler(cfg, ignore_label=ignore,
+                               cache_dir=cfg.teacher.cache_dir or str(run_dir / "cache" / "embeddings"))
+    if base.teacher is None:
+        raise SemisamError(f"{run_dir} was run without a teacher; probe a run of a SAM method")
+    if cfg.teacher.adapt.enabled and cfg.teacher.adapt.steps > 0:
+        pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in cases.train]
+        base.adapt(pairs, sorted(fg.values()), run_dir / "teacher" / "adapted_r1.pt")
+    labelers = {name: PseudoLabeler(base.teacher, intensity=base.intensity, prompts=p, filters=f,
+                                    ignore_label=ignore, seed=cfg.seed) for name, (p, f, _) in todo.items()}
+    probs_dir = run_dir / "round_00" / "pred_unlabeled"
+    acc: dict[str, dict[str, list]] = {name: {"all": [], "student": [], "kept": [], "sam": []} for name in todo}
+    counts = {name: dict(accepted=0, cases=0, kept_px=0, px=0, fg=0, missed=0, student_missed=0) for name in todo}
+    for case in cases.unlabeled:
+        hidden_file = ds.hidden_label_file(case.case_id)
+        if hidden_file is None:
+            continue
+        image, _ = ds.read_image(case.image_files)
+        probs, _ = load_probabilities(probs_dir / f"{case.case_id}.npz")
+        results = {name: lab(image, probs, case.case_id) for name, lab in labelers.items()}
+        hidden = ds.read_seg(hidden_file)[0][0]  # read after every rule has labelled the case
+        true_fg = (hidden > 0) & (hidden != ignore)
+        for name, res in results.items():
+            a, c = acc[name], counts[name]
+            keep = res.pseudo != ignore
+            effective = np.where(keep, res.pseudo, res.student) if res.accepted else res.student
+            a["all"].append((effective, hidden))
+            a["student"].append((res.student, hidden))
+            if res.teacher is not None:
+                a["sam"].append((res.teacher, hidden))
+            c["cases"] += 1
+            if res.accepted:
+                c["accepted"] += 1
+                a["kept"].append((np.where(keep, res.pseudo, ignore), np.where(keep, hidden, ignore)))
+                c["kept_px"] += int(keep.sum())
+                c["px"] += keep.size
+                c["fg"] += int(true_fg.sum())
+                c["missed"] += int((true_fg & (res.pseudo == 0)).sum())
+                c["student_missed"] += int((true_fg & (res.student == 0)).sum())
+    out = dict(done)
+    for name in todo:
+        a, c = acc[name], counts[name]
+
+        def pooled(items):
+            return pooled_dice(items, fg, ignore) if items else None
+
+        out[name] = {"dice_all": pooled(a["all"]), "student": pooled(a["student"]), "kept_dice": pooled(a["kept"]),
+                     "kept": c["kept_px"] / c["px"] if c["px"] else None,
+                     "accept": c["accepted"] / c["cases"] if c["cases"] else None,
+                     "missed": c["missed"] / c["fg"] if c["fg"] else None,
+                     "student_missed": c["student_missed"] / c["fg"] if c["fg"] else None,
+                     "sam": pooled(a["sam"]), "n_cases": c["cases"]}
+    return out
+
+
+def summarize(per_run: dict[str, dict[str, dict]], rules: list[str]) -> dict[str, dict]:
+    """rule → mean of each metric over the runs, and the paired Δ (dice_all − student) with its interval."""
+    from semisam.compare.stats import describe, paired_difference
+
+    table = {}
+    for rule in rules:
+        rows = [r[rule] for r in per_run.values() if rule in r]
+        entry = {m: describe([row.get(m) for row in rows]) for m in METRICS}
+        entry["delta"] = {k: v for k, v in paired_difference([row["dice_all"] for row in rows],
+                                                             [row["student"] for row in rows]).items()}
+        entry["n_runs"] = len(rows)
+        table[rule] = entry
+    return table
+
+
+def markdown(setting: str, table: dict[str, dict]) -> str:
+    def f(d: dict, key: str = "mean", pct: bool = False) -> str:
+        v = d.get(key)
+        return "–" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3f}")
+
+    def delta(d: dict) -> str:
+        if d.get("mean") is None:
+            return "–"
+        ci = "" if d.get("lo") is None else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        return f"{d['mean']:+.3f}{ci}"
+
+    lines = [f"### {setting}", "",
+             "| rule | runs | pseudo-label Dice, every pixel | student | Δ (95 % CI) | kept-px Dice | kept | accepted "
+             "| missed fg (student) | SAM raw |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rule, e in table.items():
+        lines.append(f"| `{rule}` | {e['n_runs']} | {f(e['dice_all'])} | {f(e['student'])} | {delta(e['delta'])} | "
+                     f"{f(e['kept_dice'])} | {f(e['kept'], pct=True)} | {f(e['accept'], pct=True)} | "
+                     f"{f(e['missed'], pct=True)} ({f(e['student_missed'], pct=True)}) | {f(e['sam'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_probe(compares: list[Path], rules: list[str], out: Path, method: str = "samdsk",
+              recipes: Path | None = None) -> dict[str, Any]:
+    """Probe every rule on every run of ``method`` in each compare folder; writes ``probe.md`` and
+    ``probe.json`` in ``out`` and returns the tables (setting → rule → summary)."""
+    if not rules:
+        raise SemisamError("no rule to probe; pass --rules, e.g. --rules samdsk \"samdsk filters.fusion=union\"")
+    runs = {c: find_runs(c, method) for c in compares}  # every folder checked before any work
+    import yaml
+
+    first_raw = yaml.safe_load((runs[compares[0]][0] / "config.yaml").read_text())["dataset"]["raw_dir"]
+    settings = {}
+    for rule in rules:
+        p, f, teacher = rule_settings(rule, first_raw, recipes)  # composition errors before any work
+        if teacher == "none":
+            raise SemisamError(f"rule '{rule}' has no teacher; a probe scores SAM pseudo-label rules")
+        settings[rule] = (p, f, teacher)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, Any] = {}
+    n_total = sum(len(v) for v in runs.values())
+    k = 0
+    t0 = time.time()
+    for compare_dir, run_dirs in runs.items():
+        setting = compare_dir.name
+        per_run = {}
+        for run_dir in run_dirs:
+            k += 1
+            f_json = out / "runs" / setting / f"{run_dir.name}.json"
+            done = json.loads(f_json.read_text()) if f_json.is_file() else {}
+            missing = [r for r in rules if r not in done]
+            if missing:
+                t_run = time.time()
+                done = probe_run(run_dir, settings, done)
+                write_json_atomic(f_json, done)
+                say(f"{setting}/{run_dir.name}: {len(missing)} rule(s) in {time.time() - t_run:.0f} s "
+                    f"({k}/{n_total}, {time.time() - t0:.0f} s so far)")
+            per_run[run_dir.name] = done
+        tables[setting] = summarize(per_run, rules)
+    md = ["# semisam probe: pseudo-label rules against the student, before retraining", "",
+          "Each row: the rule's pseudo-labels on the unlabeled cases of every round-0 student (labeled draws × "
+          "seeds), scored against the hidden labels with every pixel counted (ignored pixels and rejected cases "
+          "as the student's label). Δ is paired per run, with a Student-t 95 % interval. Nothing here selects "
+          "a rule.", ""]
+    md += [markdown(s, t) for s, t in tables.items()]
+    with atomic_write_path(out / "probe.md") as tmp:
+        tmp.write_text("\n".join(md))
+    write_json_atomic(out / "probe.json", {"method": method, "rules": rules,
+                                           "compares": [str(c) for c in compares], "tables": tables})
+    print("\n".join(md))
+    return tables
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="semisam probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("compares", nargs="+", type=Path, help="finished `semisam compare` folders")
+    p.add_argument("--rules", nargs="+", required=True,
+                   help="recipes with overrides, quoted: samdsk \"samdsk filters.fusion=union\" (prompts and filters "
+                        "are taken from them)")
+    p.add_argument("--out", required=True, type=Path, help="folder for probe.md, probe.json and per-run results")
+    p.add_argument("--method", default="samdsk", help="the loop method whose round-0 students are probed")
+    return p
