@@ -98,7 +98,7 @@ def test_fusion_errors():
         fuse(student, teacher, cls, acc, mode="weighted", ignore_label=I, student_probs=probs, fusion_weight=1.5)
 
 
-def test_agree_never_adds_foreground_seeded_property():
+def test_agree_never_adds_foreground_and_union_never_removes_it_seeded_property():
     rng = np.random.default_rng(1234)
     for _ in range(200):
         k = int(rng.integers(2, 4))
@@ -114,7 +114,10 @@ def test_agree_never_adds_foreground_seeded_property():
         assert not ((student == 0) & (label > 0) & kept).any()
         np.testing.assert_array_equal(label[kept], student[kept])
         np.testing.assert_array_equal(accept, kept)
-    assert set(FUSION_MODES) == {"sam", "student", "agree", "weighted"}
+        # union never teaches background where the student saw foreground
+        union, _ = fuse(student, teacher, cls, acc, mode="union", ignore_label=k, student_object_masks=sobj)
+        assert not ((student > 0) & (union == 0)).any()
+    assert set(FUSION_MODES) == {"sam", "student", "agree", "union", "choose", "weighted"}
 
 
 def test_seam_prompts_to_tiny_teacher_to_filters_to_fusion():
@@ -144,3 +147,56 @@ def test_seam_prompts_to_tiny_teacher_to_filters_to_fusion():
     label, kept = fuse(student, pred.masks, batch.class_ids, accept, mode="agree", ignore_label=2,
                        student_object_masks=batch.object_masks)
     assert label.shape == (48, 64) and (label[kept] == student[kept]).all()
+
+
+@pytest.mark.parametrize(
+    "mode, keep, expected",
+    [
+        # union: the accepted SAM mask grows the student's object to column 4; the rejected object is ignored
+        ("union", None, [[0, 1, 1, 1, 1, 0], [0, 0, I, I, I, 0]]),
+        # choose: SAM's mask replaces the student's accepted object (column 1 becomes background)
+        ("choose", None, [[0, 0, 1, 1, 1, 0], [0, 0, I, I, I, 0]]),
+        # choose, the student confident about the rejected object: its own mask is kept, nothing ignored
+        ("choose", [False, True], [[0, 0, 1, 1, 1, 0], [0, 0, 2, 2, 2, 0]]),
+    ],
+)
+def test_corrector_modes_can_change_the_students_label(mode, keep, expected):
+    student, teacher, cls, acc, sobj = example()
+    label, _ = fuse(student, teacher, cls, acc, mode=mode, ignore_label=I, student_object_masks=sobj,
+                    keep_student=keep)
+    assert label.tolist() == expected
+
+
+def test_union_adds_an_accepted_candidate_the_student_called_background():
+    student = np.array([[1, 1, 0, 0, 0, 0]])
+    teacher = np.zeros((2, 1, 6), bool)
+    teacher[0, 0, :2] = True
+    teacher[1, 0, 3:5] = True  # a candidate: the student saw p < 0.5 there
+    sobj = np.zeros((2, 1, 6), bool)
+    sobj[0, 0, :2] = True
+    sobj[1, 0, 3:6] = True
+    label, _ = fuse(student, teacher, np.array([1, 1]), np.array([True, True]), mode="union", ignore_label=I,
+                    student_object_masks=sobj)
+    assert label.tolist() == [[1, 1, 0, 1, 1, 0]]
+    rejected, _ = fuse(student, teacher, np.array([1, 1]), np.array([True, False]), mode="union", ignore_label=I,
+                       student_object_masks=sobj)
+    assert rejected.tolist() == [[1, 1, 0, I, I, I]]  # an untrusted candidate: not taught as background
+
+
+def test_gray_zone_ignores_background_the_student_is_unsure_of():
+    student = np.array([[1, 0, 0, 0]])
+    fg = np.array([[0.9, 0.4, 0.2, 0.0]], np.float32)
+    probs = np.stack([1 - fg, fg])
+    none = np.zeros((0, 1, 4), bool)
+    for mode in ("student", "union", "agree", "sam"):
+        label, _ = fuse(student, none, np.zeros(0, int), np.zeros(0, bool), mode=mode, ignore_label=2,
+                        student_probs=probs, gray_zone=0.3)
+        assert label[0, 1:].tolist() == [2, 0, 0], mode
+    with pytest.raises(SemisamError, match="gray zone"):
+        fuse(student, none, np.zeros(0, int), np.zeros(0, bool), mode="union", ignore_label=2, gray_zone=0.3)
+
+
+def test_choose_needs_the_students_objects():
+    student, teacher, cls, acc, _ = example()
+    with pytest.raises(SemisamError, match="object masks"):
+        fuse(student, teacher, cls, acc, mode="choose", ignore_label=I)

@@ -319,8 +319,9 @@ def extract_candidates(
     min_size: int = 10,
     overlap: str = "argmax",
 ) -> list[ObjectMask]:
-    """Objects the student nearly missed: per class, the connected components (8-connectivity) of the hard
-    labels at ``low_threshold`` that hold no pixel of that class at ``threshold``.
+    """Objects the student nearly missed: per class, the connected components (8-connectivity) of the pixels
+    whose most likely foreground class is that class with probability >= ``low_threshold`` (background is
+    left out of this argmax: below 0.5 it would always win), holding no pixel of that class at ``threshold``.
 
     A component that contains a pixel of an object found at ``threshold`` is that object's halo, not a new
     object, and is skipped; so candidates never overlap the student's objects of the same class. Components
@@ -345,7 +346,9 @@ def extract_candidates(
     if probs.ndim != 3:
         raise SemisamError(f"extract_candidates takes one slice (K, Y, X), got shape {probs.shape}")
     high = student_hard_labels(probs, threshold=threshold, overlap=overlap)
-    low = student_hard_labels(probs, threshold=low_threshold, overlap=overlap)
+    # below 0.5 background wins the argmax: candidates take the most likely foreground class instead
+    fg_class = np.argmax(probs[1:], axis=0) + 1
+    low = np.where(np.take_along_axis(probs, fg_class[None], axis=0)[0] >= low_threshold, fg_class, 0)
     out: list[ObjectMask] = []
     for class_id in range(1, probs.shape[0]):
         comps, n = ndimage.label(low == class_id, structure=_FULL_CONNECTIVITY_2D)
