@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 TEACHER_NAMES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam_vit_t", "tiny_random", "none")
-FUSION_MODES = ("sam", "student", "agree", "weighted")
+FUSION_MODES = ("sam", "student", "agree", "union", "choose", "weighted")
 
 
 def choice(default: Any, *options: str) -> Any:
@@ -86,6 +86,9 @@ class StudentConfig:
     initial_lr: float = positive(0.01)
     batch_size: Optional[int] = bounded(None, 1)  # None: nnU-Net's planned batch size
     init: str = choice("scratch", "scratch", "finetune")  # each round from scratch or from the last student
+    # init=finetune, rounds r > 0 (and loop.final_finetune_epochs): poly schedule restarted at this lr
+    finetune_lr: float = positive(1e-3)
+    finetune_epochs: Optional[int] = bounded(None, 1)  # init=finetune, rounds r > 0; None: epochs
     num_processes: int = bounded(1, 1)  # preprocessing workers
     num_processes_da: int = bounded(2, 0)  # data-augmentation workers (0: in the main process)
 
@@ -144,6 +147,24 @@ class PromptsConfig:
     split_min_distance: int = bounded(3, 1)
     slice_axis: int = bounded(0, 0, 2)  # 3D: the (Z, Y, X) axis sliced for 2D SAM
     overlap: str = choice("argmax", "argmax")  # multi-class rule: argmax over classes (see semisam.prompts)
+    # box_margin (and the perturbation jitter) in image pixels, or in pixels of the teacher's input frame
+    # (LiteMedSAM was trained on boxes enlarged by 0-5 px at 256²): the same margin on any image size
+    box_margin_space: str = choice("image", "image", "teacher")
+    # > 0: also prompt components of p >= this (below threshold) that hold no student object: objects the
+    # student nearly missed, which SAM may confirm (fusion union/choose add them); 0: off
+    candidate_threshold: float = prob(0.0)
+    # where the teacher's masks come from: the student's objects (boxes/points), or SAM's automatic
+    # "everything" masks matched one-to-one (Hungarian on IoU) to the student's objects (SamDSK's mode)
+    source: str = choice("student", "student", "everything")
+    everything_points_per_side: int = bounded(16, 1)
+    everything_min_iou: float = prob(0.5)  # SAM's predicted IoU of an automatic mask
+    everything_min_stability: float = prob(0.8)
+    match_iou: float = prob(0.3)  # an object and a SAM segment match if their IoU is at least this
+    # a second teacher pass per object: its box + points inside its first mask and on its neighbours
+    second_pass: bool = False
+    second_pass_positive: int = bounded(1, 0)
+    second_pass_negative: int = bounded(1, 0)
+    second_pass_mask: bool = False  # also feed the first pass's low-res logits back (SAM's refinement)
 
 
 @dataclass
@@ -160,7 +181,16 @@ class FiltersConfig:
     uncertainty_thresh: float = prob(1.0)  # prompt-perturbation disagreement, accept below
     perturbations: int = bounded(0, 0)  # perturbed prompts per object (0: uncertainty off)
     boundary_band: int = bounded(0, 0)  # background within this many pixels of pseudo foreground → ignore
-    case_min_accept: float = prob(0.5)  # a case is accepted if this fraction of its objects is
+    case_min_accept: float = prob(0.5)  # a case is accepted if this fraction of its foreground is kept
+    # with perturbations > 0: the teacher's mask is the majority of the original and the perturbed prompts'
+    # masks (a jittered-box ensemble) instead of the original prompt's mask alone
+    ensemble_mask: bool = False
+    # > 0: background pixels where the student's foreground probability is >= this become ignore (and count
+    # as possible missed foreground in case acceptance); must lie below prompts.threshold
+    gray_zone: float = prob(0.0)
+    # fusion choose: a rejected object keeps the student's mask if the student's mean probability over it is
+    # >= this (1.0: never, the object is ignored)
+    student_confident: float = prob(1.0)
 
 
 @dataclass
@@ -168,9 +198,13 @@ class LoopConfig:
     """Rounds of pseudo-labelling (SamDSK) and when to stop."""
 
     max_rounds: int = bounded(0, 0)  # 0: supervised baseline only
-    # Share of training samples drawn from the labeled cases once pseudo-labeled ones join (labeled cases are
-    # repeated in the round's dataset to reach it); 0 keeps nnU-Net's uniform sampling over all cases.
+    # Share of training samples drawn from the labeled cases once pseudo-labeled ones join (nnU-Net's sampler
+    # draws each labeled case more often; each case is in the round's dataset once); 0 keeps nnU-Net's uniform
+    # sampling over all cases.
     labeled_weight: float = bounded(0.5, 0.0, 0.95)
+    # > 0: after round r > 0 trains, fine-tune its student on the labeled cases only for this many epochs
+    # (student.finetune_lr); the round's evaluation and predictions use the fine-tuned student. 0: off
+    final_finetune_epochs: int = bounded(0, 0)
     stop_when_no_new: bool = True  # stop when a round accepts no new case
     select_by_val: bool = False  # keep the round whose student is best on the validation cases
     gallery_cases: int = bounded(4, 0)  # cases shown in the per-round image gallery

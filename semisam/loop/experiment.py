@@ -5,9 +5,12 @@ Round 0 trains the supervised student on the labeled cases. Each round ``r ≥ 1
 1. predicts the unlabeled cases with student ``r − 1`` (probabilities),
 2. runs the teacher (adaptation once per run or per round → prompts → SAM → fusion → filters) and writes
    the pseudo-labels, rejected pixels carrying the ignore label,
-3. builds the round's training set = labeled ∪ every case accepted so far (a valid nnU-Net raw dataset,
-   trainable by stock ``nnUNetv2_train``), preprocesses it with round 0's plans and trains student ``r``
-   (from scratch, or fine-tuned from student ``r − 1``).
+3. builds the round's training set = labeled ∪ every case accepted so far, each once (a valid nnU-Net raw
+   dataset, trainable by stock ``nnUNetv2_train``), preprocesses it with round 0's plans and trains student
+   ``r`` (from scratch, or fine-tuned from student ``r − 1``), drawing the labeled cases for
+   ``loop.labeled_weight`` of the samples,
+4. with ``loop.final_finetune_epochs``, fine-tunes student ``r`` on round 0's labeled-only dataset; the
+   round's evaluation and predictions use that model.
 
 It stops after ``loop.max_rounds`` or when a round accepts no new case (SamDSK's criterion). The teacher and
 the student run one after the other, never side by side.

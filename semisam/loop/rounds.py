@@ -43,11 +43,27 @@ class Experiment:
     def round_dir(self, r: int) -> Path:
         return self.run_dir / f"round_{r:02d}"
 
-    def student(self, r: int):
+    def student(self, r: int, work_dir: Path | None = None):
+        """The nnU-Net student of round ``r`` (its work folder ``round_<r>/nnunet``, or ``work_dir``)."""
         from semisam.student.driver import NnUNetStudent
 
-        return NnUNetStudent(self.round_dir(r) / "nnunet", device=self.cfg.device,
+        return NnUNetStudent(work_dir or self.round_dir(r) / "nnunet", device=self.cfg.device,
                              n_proc_da=self.cfg.student.num_processes_da)
+
+    def finetunes(self, r: int) -> bool:
+        """Whether round ``r`` ends with a fine-tune on the labeled cases only (``loop.final_finetune_epochs``)."""
+        return r > 0 and self.cfg.loop.final_finetune_epochs > 0
+
+    def round_model(self, r: int) -> Path:
+        """The model folder of round ``r``'s student: what the round evaluates, predicts the unlabeled cases
+        with and (``student.init=finetune``) the next round starts from — the labeled-only fine-tune's when
+        the round has one, else the round's training's."""
+        step = f"r{r}/finetune" if self.finetunes(r) else f"r{r}/train"
+        return Path(self.state.result(step)["model"])
+
+    def checkpoint(self, model: Path) -> Path:
+        """The final checkpoint in a model folder, for the recipe's fold."""
+        return model / f"fold_{self.cfg.student.fold}" / "checkpoint_final.pth"
 
     @property
     def tracker(self):
@@ -107,6 +123,8 @@ class Experiment:
                 state.run(f"r{r}/dataset", lambda: self.build_round_dataset(r, accepted))
                 state.run(f"r{r}/preprocess", lambda: self.preprocess(r))
                 state.run(f"r{r}/train", lambda: self.train(r))
+                if self.finetunes(r):
+                    state.run(f"r{r}/finetune", lambda: self.finetune(r))
                 state.run(f"r{r}/evaluate", lambda: self.evaluate(r))
                 if r < max_rounds:
                     state.run(f"r{r}/predict_unlabeled", lambda: self.predict_unlabeled(r))
@@ -119,13 +137,16 @@ class Experiment:
 
     # ------------------------------------------------------------------------------------------ steps
     def build_round_dataset(self, r: int, accepted: dict[str, str]) -> dict:
-        """labeled (minus validation) ∪ accepted pseudo-labeled cases, as an nnU-Net raw dataset."""
+        """labeled (minus validation) ∪ accepted pseudo-labeled cases, each once, as an nnU-Net raw dataset.
+
+        The result's ``labeled_share`` is the share of training samples the student draws from the labeled
+        cases (``loop.labeled_weight``, through nnU-Net's sampler); None: nnU-Net's uniform sampling (no
+        pseudo-labeled case, or ``labeled_weight`` 0)."""
         name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
         out = self.round_dir(r) / "dataset" / f"Dataset{self.cfg.dataset.dataset_id:03d}_{name}"
         remove_tree(out)
-        repeats = labeled_repeats(len(self.cases.train), len(accepted), self.cfg.loop.labeled_weight)
-        cases = [CaseData(c.case_id if k == 0 else f"{c.case_id}__rep{k}", image=tuple(c.image_files), label=c.label_file)
-                 for k in range(repeats) for c in self.cases.train]
+        share = self.cfg.loop.labeled_weight if accepted and self.cfg.loop.labeled_weight > 0 else None
+        cases = [CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file) for c in self.cases.train]
         by_id = {c.case_id: c for c in self.cases.unlabeled}
         cases += [CaseData(cid, image=tuple(by_id[cid].image_files), label=Path(f)) for cid, f in sorted(accepted.items())]
         ids = [c.case_id for c in cases]
@@ -136,7 +157,7 @@ class Experiment:
                           description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled",
                           allow_ignore=True)
         return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted),
-                "labeled_repeats": repeats}
+                "labeled_share": share}
 
     def preprocess(self, r: int) -> dict:
         student = self.student(r)
@@ -166,28 +187,56 @@ class Experiment:
         """Train student ``r`` with the run's ``seed`` — the same seed in every round, on purpose: a round's
         student then differs from the previous one only by its training set (and, with ``student.init=finetune``,
         its starting weights), not by another draw of initial weights and augmentation (common random numbers
-        across rounds). See docs/architecture.md, "Seeds and determinism"."""
+        across rounds). See docs/architecture.md, "Seeds and determinism".
+
+        With ``student.init=finetune``, rounds r > 0 start from round r − 1's student (:meth:`round_model`)
+        with their own schedule: ``student.finetune_lr``, ``student.finetune_epochs``. The labeled cases are
+        drawn with the dataset step's ``labeled_share``."""
         s = self.cfg.student
-        init = None
+        init, epochs, lr = None, s.epochs, s.initial_lr
         if r > 0 and s.init == "finetune":
-            init = str(Path(self.state.result(f"r{r - 1}/train")["model"]) / "fold_all" / "checkpoint_final.pth")
-        say(f"round {r}: training the student ({s.epochs} epochs × {s.iterations_per_epoch} iterations"
-            f"{', fine-tuned from round ' + str(r - 1) if init else ''}, seed {self.cfg.seed})")
+            init = str(self.checkpoint(self.round_model(r - 1)))
+            epochs, lr = s.finetune_epochs or s.epochs, s.finetune_lr
+        share = self.state.result(f"r{r}/dataset").get("labeled_share")
+        say(f"round {r}: training the student ({epochs} epochs × {s.iterations_per_epoch} iterations, lr {lr}"
+            f"{', fine-tuned from round ' + str(r - 1) if init else ''}"
+            f"{f', labeled cases drawn for {share:.0%} of the samples' if share else ''}, seed {self.cfg.seed})")
         model = self.student(r).train(self.state.result(f"r{r}/preprocess")["dataset_id"], s.configuration, s.fold,
-                                      epochs=s.epochs, iterations_per_epoch=s.iterations_per_epoch,
+                                      epochs=epochs, iterations_per_epoch=s.iterations_per_epoch,
                                       val_iterations_per_epoch=s.val_iterations_per_epoch,
-                                      initial_lr=s.initial_lr, batch_size=s.batch_size, init_checkpoint=init,
-                                      seed=self.cfg.seed)
+                                      initial_lr=lr, batch_size=s.batch_size, init_checkpoint=init,
+                                      seed=self.cfg.seed, labeled_cases=[c.case_id for c in self.cases.train],
+                                      labeled_share=share)
         return {"model": str(model), "seed": self.cfg.seed}
 
+    def finetune(self, r: int) -> dict:
+        """Fine-tune student ``r`` on the labeled cases only (noisy-student practice): round 0's preprocessed
+        dataset (its plans and files reused as they are, also from ``loop.init_from``'s run, never written),
+        from round ``r``'s final checkpoint, for ``loop.final_finetune_epochs`` epochs at
+        ``student.finetune_lr``; the model is written under ``round_<r>/finetune/``."""
+        s = self.cfg.student
+        epochs = self.cfg.loop.final_finetune_epochs
+        r0 = self.state.result("r0/preprocess")
+        work_dir = Path(r0["plans"]).parents[2]  # <work>/nnUNet_preprocessed/DatasetNNN_Name/<plans>.json
+        init = self.checkpoint(Path(self.state.result(f"r{r}/train")["model"]))
+        results = self.round_dir(r) / "finetune"
+        remove_tree(results)  # an interrupted fine-tune starts over
+        say(f"round {r}: fine-tuning the student on the {len(self.cases.train)} labeled cases only ({epochs} epochs "
+            f"× {s.iterations_per_epoch} iterations, lr {s.finetune_lr}, seed {self.cfg.seed})")
+        model = self.student(r, work_dir).train(r0["dataset_id"], s.configuration, s.fold, epochs=epochs,
+                                                iterations_per_epoch=s.iterations_per_epoch,
+                                                val_iterations_per_epoch=s.val_iterations_per_epoch,
+                                                initial_lr=s.finetune_lr, batch_size=s.batch_size,
+                                                init_checkpoint=init, results_dir=results, seed=self.cfg.seed)
+        return {"model": str(model), "init": str(init), "epochs": epochs, "lr": s.finetune_lr}
+
     def predict(self, r: int, cases, out: Path, probabilities: bool) -> list[Path]:
-        model = Path(self.state.result(f"r{r}/train")["model"])
-        return self.student(r).predict(model, [list(c.image_files) for c in cases], out,
+        return self.student(r).predict(self.round_model(r), [list(c.image_files) for c in cases], out,
                                        save_probabilities=probabilities, fold=self.cfg.student.fold)
 
     def evaluate(self, r: int) -> dict:
-        """Test (and validation) Dice/HD95 of student ``r``."""
-        result: dict[str, Any] = {}
+        """Test (and validation) Dice/HD95 of student ``r`` (the model of :meth:`round_model`)."""
+        result: dict[str, Any] = {"model": str(self.round_model(r))}
         for what, cases in (("test", self.cases.test), ("val", self.cases.val)):
             if not cases:
                 continue
@@ -202,7 +251,7 @@ class Experiment:
         say(f"round {r}: predicting {len(self.cases.unlabeled)} unlabeled cases (probabilities for the teacher)")
         out = self.round_dir(r) / "pred_unlabeled"
         self.predict(r, self.cases.unlabeled, out, probabilities=True)
-        return {"dir": str(out)}
+        return {"dir": str(out), "model": str(self.round_model(r))}
 
     def teacher_round(self, r: int, accepted_before: dict[str, str]) -> dict:
         """Pseudo-label every unlabeled case from student ``r − 1``'s probabilities."""
@@ -296,11 +345,13 @@ class Experiment:
                                     "dice_per_class": {k: v["mean_dice"] for k, v in m["classes"].items()},
                                     "hd95_per_class": {k: v["mean_hd95"] for k, v in m["classes"].items()}}
             timings["train_s"] = self.state.seconds(f"r{r}/train")
+            if self.finetunes(r):
+                timings["finetune_s"] = self.state.seconds(f"r{r}/finetune")
             timings["preprocess_s"] = self.state.seconds(f"r{r}/preprocess")
             timings["predict_s"] = self.state.seconds(f"r{r}/evaluate")
             from semisam.tracking.wandb_sink import load_nnunet_logging
 
-            ckpt = Path(self.state.result(f"r{r}/train")["model"]) / "fold_all" / "checkpoint_final.pth"
+            ckpt = self.checkpoint(Path(self.state.result(f"r{r}/train")["model"]))
             if ckpt.is_file():
                 self.tracker.log_training_curve(r, load_nnunet_logging(ckpt))
         if teach is not None:
@@ -343,14 +394,6 @@ class Experiment:
         print(dice_table(all_records, selected, selection))
         say(f"stopped: {stop_reason}. Report: {report}")
         return summary
-
-
-def labeled_repeats(n_labeled: int, n_pseudo: int, labeled_weight: float) -> int:
-    """How often each labeled case appears in a round's dataset so that about ``labeled_weight`` of nnU-Net's
-    (uniformly drawn) training samples are labeled: ``k·L / (k·L + P) ≈ w``. At least 1."""
-    if n_pseudo == 0 or labeled_weight <= 0:
-        return 1
-    return max(1, round(labeled_weight * n_pseudo / ((1.0 - labeled_weight) * n_labeled)))
 
 
 def select_round(records: list[dict], by_val: bool) -> int | None:

@@ -37,6 +37,10 @@ def test_round0_fingerprint_covers_dataset_student_and_seed_only(dataset, tmp_pa
     base = to_dict(cfg_for(dataset, tmp_path / "a"))
     assert round0_fingerprint(base) == round0_fingerprint(to_dict(cfg_for(dataset, tmp_path / "b", "filters=agree",
                                                                           "loop.max_rounds=5")))
+    # the fine-tuning schedule is used after round 0 only
+    assert round0_fingerprint(base) == round0_fingerprint(to_dict(cfg_for(
+        dataset, tmp_path / "b", "student.init=finetune", "student.finetune_lr=0.005", "student.finetune_epochs=2",
+        "loop.final_finetune_epochs=1")))
     for change in ("seed=1", "student.epochs=3", "dataset.num_val=1"):
         assert round0_fingerprint(base) != round0_fingerprint(to_dict(cfg_for(dataset, tmp_path / "c", change))), change
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,6 @@ from wandb_files import history_rows, wait_for_records
 
 from data_prep.synthetic import make_synthetic
 from semisam.data import RawDataset, check_raw_dataset
-from semisam.loop.rounds import labeled_repeats
 
 SEMISAM = [sys.executable, "-m", "semisam"]
 
@@ -39,6 +39,16 @@ def synthetic(tmp_path_factory) -> Path:
 
 def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
+
+
+def training_log(model: str | Path) -> str:
+    """nnU-Net's training log of a model folder (fold all)."""
+    return next((Path(model) / "fold_all").glob("training_log_*.txt")).read_text()
+
+
+def first_lr(log: str) -> float:
+    """The learning rate of the first epoch, as nnU-Net's training log prints it."""
+    return float(re.search(r"Current learning rate: (\S+)", log).group(1))
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +74,12 @@ def test_two_rounds_end_to_end(smoke_run, synthetic):
     assert teach["n_candidates"] == 6 and 0 < len(teach["accepted"]) <= 6
     round_raw = Path(steps["r1/dataset"]["result"]["raw_dir"])
     ds = check_raw_dataset(round_raw, nnunet=True)
-    repeats = steps["r1/dataset"]["result"]["labeled_repeats"]
-    assert repeats == labeled_repeats(2, len(teach["accepted"]), 0.5) > 1  # loop.labeled_weight=0.5 (default)
-    assert len(ds.labeled_cases()) == 2 * repeats + len(teach["accepted"])
+    # each case once; the labeled ones are drawn for half of the samples by nnU-Net's sampler
+    assert len(ds.labeled_cases()) == 2 + len(teach["accepted"])
+    assert steps["r0/dataset"]["result"]["labeled_share"] is None  # labeled cases only: uniform
+    assert steps["r1/dataset"]["result"]["labeled_share"] == 0.5  # loop.labeled_weight=0.5 (default)
+    r1_log = training_log(steps["r1/train"]["result"]["model"])
+    assert f"sampling 2 labeled of {2 + len(teach['accepted'])} training cases with probability 0.5" in r1_log
     assert all(Path(f).is_file() for f in teach["files"].values())
     # pseudo-label quality was measured against labelsHidden (analysis only)
     assert teach["pseudo_quality"]["n_cases"] == 6 and teach["pseudo_quality"]["student_dice"] is not None
@@ -134,6 +147,49 @@ def test_standalone_pseudolabel_and_evaluate_commands(smoke_run, synthetic, tmp_
                    "--dataset-json", str(synthetic / "dataset.json"), "--out", str(tmp_path / "ev2")],
                   cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --pred folder")
+
+
+@pytest.mark.slow
+def test_fine_tuning_schedule_and_final_labeled_only_fine_tune(smoke_run, synthetic, tmp_path):
+    """student.init=finetune trains rounds r > 0 with finetune_lr / finetune_epochs; loop.final_finetune_epochs
+    then fine-tunes each round's student on round 0's labeled-only dataset, and the round evaluates, predicts
+    and hands on that model. Round 0 is the smoke run's (loop.init_from: the fine-tuning keys do not change it)."""
+    base_dir = smoke_run[0]
+    base_pre = base_dir / "round_00" / "nnunet" / "nnUNet_preprocessed"
+    base_files = sorted(str(p) for p in base_pre.rglob("*"))
+    run_dir = tmp_path / "run"
+    args = ["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}",
+            "loop.stop_when_no_new=false", f"loop.init_from={base_dir}", "student.init=finetune",
+            "student.finetune_lr=0.002", "student.finetune_epochs=2", "loop.final_finetune_epochs=1"]
+    run_cli(args, cwd=tmp_path)
+    steps = manifest(run_dir)["steps"]
+    assert "r0/finetune" not in steps and steps["r0/train"]["shared_from"] == str(base_dir)
+    r0_model = steps["r0/train"]["result"]["model"]
+    assert first_lr(training_log(r0_model)) == 0.01  # round 0: student.initial_lr
+    previous = r0_model
+    for r in (1, 2):
+        trained, tuned = steps[f"r{r}/train"]["result"]["model"], steps[f"r{r}/finetune"]["result"]["model"]
+        # the round's training: its own schedule, from the previous round's (fine-tuned) student
+        log = training_log(trained)
+        assert "semisam: 2 epochs x 2 iterations" in log and first_lr(log) == 0.002
+        assert f"initial weights from {Path(previous) / 'fold_all' / 'checkpoint_final.pth'}" in log
+        # the labeled-only fine-tune: round 0's dataset and plans, not preprocessed again, from this round's weights
+        assert Path(tuned).is_relative_to(run_dir / f"round_{r:02d}" / "finetune")
+        log = training_log(tuned)
+        assert "semisam: 1 epochs x 2 iterations" in log and first_lr(log) == 0.002
+        assert f"initial weights from {Path(trained) / 'fold_all' / 'checkpoint_final.pth'}" in log
+        assert json.loads((Path(tuned) / "dataset.json").read_text())["numTraining"] == 2  # the labeled cases
+        assert not list((run_dir / f"round_{r:02d}" / "finetune").rglob("nnUNet_preprocessed"))
+        # what the round reports and hands on is the fine-tuned student
+        assert steps[f"r{r}/evaluate"]["result"]["model"] == tuned
+        previous = tuned
+    assert steps["r1/predict_unlabeled"]["result"]["model"] == steps["r1/finetune"]["result"]["model"]
+    assert sorted(str(p) for p in base_pre.rglob("*")) == base_files  # the base run's round 0 was only read
+    # a finished run resumes without fine-tuning again
+    ckpt = Path(steps["r2/finetune"]["result"]["model"]) / "fold_all" / "checkpoint_final.pth"
+    stamp = ckpt.stat().st_mtime_ns
+    run_cli(args, cwd=tmp_path)
+    assert manifest(run_dir)["steps"] == steps and ckpt.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow

@@ -1,28 +1,24 @@
-"""Pure parts of the loop: labeled oversampling, round selection, the final table, run state."""
+"""Pure parts of the loop: retraining settings, round selection, the final table, run state."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from semisam.loop.rounds import dice_table, labeled_repeats, select_round
+from semisam.loop.rounds import dice_table, select_round
 from semisam.loop.state import RunState, config_fingerprint
 from semisam.utils.errors import SemisamError
 
 
-@pytest.mark.parametrize("n_lab,n_pseudo,w,expected", [
-    (1, 42, 0.5, 42),   # one labeled tile repeated to match 42 pseudo-labeled ones
-    (4, 44, 0.5, 11),
-    (4, 44, 0.2, 3),    # 12 / (12 + 44) ≈ 0.21
-    (4, 0, 0.5, 1),     # no pseudo-labeled case: nothing to balance
-    (4, 44, 0.0, 1),    # off: nnU-Net's uniform sampling
-    (10, 2, 0.5, 1),    # never fewer than one copy
-])
-def test_labeled_repeats(n_lab, n_pseudo, w, expected):
-    k = labeled_repeats(n_lab, n_pseudo, w)
-    assert k == expected
-    if n_pseudo and w and k > 1:
-        assert abs(k * n_lab / (k * n_lab + n_pseudo) - w) < 0.05
+@pytest.mark.parametrize("override", ["loop.labeled_weight=1.0", "loop.labeled_weight=-0.1",
+                                      "loop.final_finetune_epochs=-1", "student.finetune_lr=0",
+                                      "student.finetune_epochs=0"])
+def test_bad_retraining_values_are_one_line(override):
+    from semisam.config import compose
+
+    with pytest.raises(SemisamError) as info:
+        compose([override])
+    assert override.split("=")[0] in str(info.value) and "\n" not in str(info.value)
 
 
 def test_select_round_uses_validation_only_when_asked():
