@@ -339,21 +339,34 @@ def adaptation_fingerprint(model: SamModel, labeled: Sequence[tuple[np.ndarray, 
 
 
 def adapt_or_load(model: SamModel, cache: EmbeddingCache, labeled: Sequence[tuple[np.ndarray, np.ndarray]],
-                  classes: Sequence[int], path: str | Path, **settings) -> dict:
+                  classes: Sequence[int], path: str | Path, shared_dir: str | Path | None = None, **settings) -> dict:
     """Load ``path`` if it holds an adaptation of this model on the same data and settings; otherwise run
     :func:`adapt_teacher` (with ``settings``) and save it there. Returns the stats (``{"reused": True, ...}``
-    when loaded)."""
+    when loaded).
+
+    With ``shared_dir`` (a store shared by runs, e.g. beside a comparison's embedding cache), adaptations are
+    also kept there under their fingerprint (``<shared_dir>/<fingerprint>.pt``): a run whose labeled cases,
+    classes, settings, seed and base model match another run's copies its adaptation instead of adapting
+    again. The fingerprint covers everything the adaptation depends on, so a copy is exactly what adapting
+    would give (on the same device and threads)."""
     path = Path(path)
     fingerprint = adaptation_fingerprint(model, labeled, classes,
                                          {k: v for k, v in settings.items() if k != "progress"})
-    if path.is_file():
+    shared = None if shared_dir is None else Path(shared_dir) / f"{fingerprint}.pt"
+    for candidate in (path, shared):
+        if candidate is None or not candidate.is_file():
+            continue
         try:
-            blob = read_adapted(path)
+            blob = read_adapted(candidate)
         except SemisamError:
             blob = None
         if blob is not None and blob.get("fingerprint") == fingerprint and blob["base_model_id"] == model.spec.model_id:
-            load_adapted(model, path)
-            return {"reused": True, "path": str(path)}
+            load_adapted(model, candidate)
+            if candidate != path:
+                save_adapted(model, path, fingerprint)
+            return {"reused": True, "path": str(path), **({"shared": str(candidate)} if candidate != path else {})}
     stats = adapt_teacher(model, cache, labeled, classes, **settings)
     save_adapted(model, path, fingerprint)
+    if shared is not None:
+        save_adapted(model, shared, fingerprint)
     return {"reused": False, "path": str(path), **stats}

@@ -119,7 +119,7 @@ class PseudoLabeler:
     """
 
     def __init__(self, teacher, *, intensity, prompts: PromptSettings, filters: FilterSettings, ignore_label: int,
-                 seed: int = 0, adapt_settings: dict | None = None):
+                 seed: int = 0, adapt_settings: dict | None = None, shared_adapt_dir: str | Path | None = None):
         if teacher is None and filters.fusion != "student":
             raise SemisamError(f"filters.fusion={filters.fusion} needs a teacher; use fusion 'student' without one")
         self.teacher = teacher
@@ -129,6 +129,7 @@ class PseudoLabeler:
         self.ignore_label = int(ignore_label)
         self.seed = seed
         self.adapt_settings = dict(adapt_settings or {})
+        self.shared_adapt_dir = shared_adapt_dir
         self.stats = PseudoLabelStats()
         self._base_state = None  # the teacher's own prompt encoder + decoder, restored before each adaptation
 
@@ -166,7 +167,8 @@ class PseudoLabeler:
                     pairs.append((img_s, lab_s))
         if not pairs:
             raise SemisamError("no labeled slice has foreground: the teacher cannot be adapted (teacher.adapt.enabled=false)")
-        return adapt_or_load(self.teacher.model, self.teacher.cache, pairs, classes, path, intensity=None,
+        return adapt_or_load(self.teacher.model, self.teacher.cache, pairs, classes, path,
+                             shared_dir=self.shared_adapt_dir, intensity=None,
                              ignore_label=self.ignore_label, seed=self.seed, **self.adapt_settings)
 
     # ------------------------------------------------------------------------------------------ one case
@@ -344,8 +346,10 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
     a = t.adapt
     adapt_settings = dict(steps=a.steps, lr=a.lr, batch_size=a.batch_size, train_prompt_encoder=a.train_prompt_encoder,
                           augment=a.augment, box_jitter=a.box_jitter)
+    # runs that share an embedding cache (teacher.cache_dir set, as `semisam compare` does) share adaptations too
+    shared = str(Path(t.cache_dir).parent / "adapted") if t.cache_dir else None
     return PseudoLabeler(teacher, intensity=intensity, prompts=prompts, filters=filters, ignore_label=ignore_label,
-                         seed=cfg.seed, adapt_settings=adapt_settings)
+                         seed=cfg.seed, adapt_settings=adapt_settings, shared_adapt_dir=shared)
 
 
 def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset_json: Path, cfg,

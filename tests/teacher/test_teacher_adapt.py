@@ -130,6 +130,27 @@ def test_adapt_or_load_reuses_a_matching_adaptation(tmp_path):
     assert third["reused"] is False
 
 
+def test_runs_sharing_a_store_share_a_matching_adaptation(tmp_path):
+    cases = [synthetic_case(7)]
+    settings = dict(steps=2, augment=False, progress=False, seed=3)
+    store = tmp_path / "shared"
+    model = build_teacher_model("tiny_random")
+    first = adapt_or_load(model, EmbeddingCache(None), cases, [1], tmp_path / "run_a" / "ad.pt", shared_dir=store,
+                          **settings)
+    assert first["reused"] is False and len(list(store.glob("*.pt"))) == 1
+    other = build_teacher_model("tiny_random")
+    second = adapt_or_load(other, EmbeddingCache(None), cases, [1], tmp_path / "run_b" / "ad.pt", shared_dir=store,
+                           **settings)
+    assert second["reused"] is True and second["shared"].startswith(str(store))
+    assert (tmp_path / "run_b" / "ad.pt").is_file()  # the run keeps its own copy
+    for a, b in zip(model.mask_decoder.parameters(), other.mask_decoder.parameters()):
+        assert torch.equal(a, b)
+    # another seed is another adaptation: adapted again, stored beside the first
+    third = adapt_or_load(build_teacher_model("tiny_random"), EmbeddingCache(None), cases, [1],
+                          tmp_path / "run_c" / "ad.pt", shared_dir=store, **{**settings, "seed": 4})
+    assert third["reused"] is False and len(list(store.glob("*.pt"))) == 2
+
+
 def test_no_foreground_is_a_clear_error():
     image, _ = synthetic_case(0)
     with pytest.raises(SemisamError, match="no foreground of classes"):
