@@ -136,3 +136,18 @@ def test_unreadable_recipe_file_is_one_line(tmp_path: Path):
     (rec / "student" / "broken.yaml").write_text("epochs: [\n")
     msg = _error(["student=broken"], rec)
     assert "broken.yaml" in msg and "line" in msg
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["experiment=corrector", "prompts.candidate_threshold=0.6"], "prompts.candidate_threshold=0.6 must lie below"),
+    (["experiment=corrector", "filters.gray_zone=0.5"], "filters.gray_zone=0.5 must lie below"),
+    (["experiment=corrector", "filters.perturbations=0"], "filters.ensemble_mask=true needs filters.perturbations"),
+    (["experiment=corrector", "prompts.second_pass=true", "prompts.box=false", "prompts.positive_points=1"],
+     "prompts.second_pass refines box prompts"),
+    (["experiment=corrector", "prompts.source=everything"], "cannot be combined"),
+    (["experiment=samdsk", "teacher=none", "filters=student", "prompts.source=everything"], "need a SAM teacher"),
+    (["experiment=samdsk", "prompts.source=all"], "prompts.source='all' is not a valid choice"),
+    (["experiment=samdsk", "filters.fusion=unoin"], "did you mean 'union'"),
+])
+def test_corrector_settings_that_cannot_work_fail_at_composition(overrides, needle):
+    assert needle in _error(["dataset.raw_dir=/nowhere", *overrides])
