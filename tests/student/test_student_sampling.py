@@ -86,6 +86,27 @@ def test_share_zero_no_labeled_case_or_all_labeled_is_uniform(preprocessed):
     assert "all 6 training cases are labeled" in log
 
 
+@pytest.mark.slow
+def test_augmentation_workers_draw_the_labeled_share(preprocessed):
+    """The recipes' default (2 augmentation workers, spawned): the workers receive the weighted loader."""
+    student = NnUNetStudent(preprocessed["root"] / "work", device="cpu", n_proc_da=2)
+    with student.env(preprocessed["root"] / "results_workers"):
+        trainer = student.build_trainer(preprocessed["dataset_id"], "2d", "all", epochs=1, iterations_per_epoch=1,
+                                        val_iterations_per_epoch=1, batch_size=2, seed=0, labeled_cases=LABELED,
+                                        labeled_share=0.5)
+        trainer.initialize()
+        train, val = trainer.get_dataloaders()
+    try:
+        counts = Counter()
+        for _ in range(200):  # real augmented batches, keys as the workers drew them
+            counts.update(str(k) for k in next(train)["keys"])
+    finally:
+        train._finish()
+        val._finish()
+    assert sum(counts.values()) == 400
+    assert _labeled_fraction(counts) == pytest.approx(0.5, abs=0.08)  # uniform would give 2/6
+
+
 # ---------------------------------------------------------------- fast tests (no nnU-Net data)
 
 def test_labeled_sampling_probabilities():
