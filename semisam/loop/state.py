@@ -122,7 +122,10 @@ def resume_refusal(manifest: dict[str, Any], identity: dict[str, Any], run_dir: 
     if old.get("recipe") != identity.get("recipe"):
         before, now = old.get("recipe_values") or {}, identity.get("recipe_values") or {}
         keys = [k for k in (*now, *(k for k in before if k not in now))
-                if before.get(k, ...) != now.get(k, ...)] if before else []
+                if before.get(k, ...) != now.get(k, ...) and not _added_at_default(k, before, now)] if before else None
+        if keys == []:  # only keys a newer semisam added, at their defaults: the same recipe
+            return None if not reasons else f"{run_dir} holds a run {reasons[0]}; {again}"
+        keys = keys or []
         shown = [f"{k} {_show(before[k]) if k in before else '(absent)'} → {_show(now[k]) if k in now else '(absent)'}"
                  for k in keys[:3]]
         more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
@@ -131,6 +134,35 @@ def resume_refusal(manifest: dict[str, Any], identity: dict[str, Any], run_dir: 
     if not reasons:
         return None
     return f"{run_dir} holds a run {' '.join(reasons)}; {again}"
+
+
+#: Keys added after manifests began recording recipes, with the value that reproduces the behaviour from before
+#: they existed (a callable: the condition on the whole recipe). A run recorded without such a key, whose recipe
+#: now holds that value, is the same run; any other value is another recipe.
+ADDED_KEYS: dict[str, Any] = {
+    **{f"prompts.{k}": v for k, v in (("box_margin_space", "image"), ("candidate_threshold", 0.0),
+                                      ("source", "student"), ("second_pass", False))},
+    **{f"prompts.{k}": (lambda now: now.get("prompts.source") != "everything")
+       for k in ("everything_points_per_side", "everything_min_iou", "everything_min_stability", "match_iou")},
+    **{f"prompts.{k}": (lambda now: not now.get("prompts.second_pass"))
+       for k in ("second_pass_positive", "second_pass_negative", "second_pass_mask")},
+    "filters.ensemble_mask": False,
+    "filters.gray_zone": 0.0,
+    "filters.student_confident": 1.0,
+    "loop.final_finetune_epochs": 0,
+    # used only when rounds fine-tune (before, they restarted at student.initial_lr for student.epochs)
+    "student.finetune_lr": lambda now: now.get("student.init") != "finetune",
+    "student.finetune_epochs": lambda now: now.get("student.init") != "finetune",
+}
+
+
+def _added_at_default(key: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether ``key`` is missing from an older run's recipe only because semisam added it later, with a value
+    that reproduces the older behaviour (:data:`ADDED_KEYS`)."""
+    if key in before or key not in now or key not in ADDED_KEYS:
+        return False
+    same = ADDED_KEYS[key]
+    return bool(same(now)) if callable(same) else now[key] == same
 
 
 def holds_run(manifest: dict[str, Any], identity: dict[str, Any]) -> bool:

@@ -198,3 +198,23 @@ def test_compare_counts_a_run_finished_only_on_the_same_recipe_and_dataset(datas
     assert not is_finished(Cell(None, 0, 0, cell.run_dir, [], cfg_for(dataset, cell.run_dir, "seed=3")))
     make_synthetic(dataset, n_train=4, n_labeled=2, n_test=1, size=32, seed=1, overwrite=True)
     assert not is_finished(cell)
+
+
+def test_a_run_recorded_before_keys_were_added_is_the_same_run_at_their_older_behaviour(dataset, tmp_path):
+    from semisam.loop.state import ADDED_KEYS
+
+    cfg = cfg_for(dataset, tmp_path / "run")
+    identity = run_identity(to_dict(cfg))
+    older = dict(identity, recipe="0" * 16,  # recorded by a semisam without the added keys
+                 recipe_values={k: v for k, v in identity["recipe_values"].items() if k not in ADDED_KEYS})
+    manifest = {"identity": older, "steps": {}}
+    assert holds_run(manifest, identity)
+    # an added key at another value is another recipe, and the refusal names it
+    changed = run_identity(to_dict(cfg_for(dataset, tmp_path / "run", "filters.gray_zone=0.2")))
+    assert not holds_run(manifest, changed)
+    from semisam.loop.state import resume_refusal
+
+    assert "filters.gray_zone (absent) → 0.2" in resume_refusal(manifest, changed, "run")
+    # fine-tuning settings only matter when rounds fine-tune
+    finetune = run_identity(to_dict(cfg_for(dataset, tmp_path / "run", "student.init=finetune")))
+    assert "student.finetune_lr (absent) → 0.001" in resume_refusal(manifest, finetune, "run")
