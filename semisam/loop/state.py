@@ -34,8 +34,10 @@ NOT_RESULTS = ("device", "restart", "logger", "student.num_processes", "student.
                "teacher.cache_dir", "teacher.cache_memory_items", "teacher.decode_batch")
 
 
-#: Student settings that only rounds after round 0 use (whether and how they fine-tune), left out of the round-0
-#: fingerprint: runs that differ only in them train the same round 0 and can share it (``loop.init_from``).
+#: Student settings that only rounds after round 0 use (whether and how they fine-tune): runs that differ only
+#: in them train the same round 0 and can share it (``loop.init_from``). In the round-0 fingerprint
+#: ``student.init`` counts as ``"scratch"`` (how round 0 is always trained) and the others are left out, so
+#: fingerprints stored before they existed still match.
 AFTER_ROUND0 = ("student.init", "student.finetune_lr", "student.finetune_epochs")
 
 
@@ -73,7 +75,7 @@ def _dataset_id(raw_dir: str) -> str:
 
 def round0_fingerprint(config: dict[str, Any]) -> str:
     """A hash of what determines round 0 (the supervised student): dataset (folder and content), student
-    settings (not its worker counts, not :data:`AFTER_ROUND0`) and seed.
+    settings (not its worker counts; :data:`AFTER_ROUND0` as round 0 uses them) and seed.
 
     Two runs with the same round-0 fingerprint train the same supervised student, so one can reuse the
     other's (``loop.init_from``).
@@ -82,6 +84,7 @@ def round0_fingerprint(config: dict[str, Any]) -> str:
     dataset["raw_dir"] = str(Path(dataset["raw_dir"]).resolve())
     dataset["identity"] = _dataset_id(dataset["raw_dir"])
     student = {k: v for k, v in config["student"].items() if f"student.{k}" not in NOT_RESULTS + AFTER_ROUND0}
+    student["init"] = "scratch"  # round 0 trains from scratch whatever later rounds do (see AFTER_ROUND0)
     return _hash({"dataset": dataset, "student": student, "seed": config["seed"]})
 
 
