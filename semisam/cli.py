@@ -74,7 +74,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from semisam.compare.probe import run_probe
 
-    run_probe(args.compares, args.rules, args.out, method=args.method, recipes=args.recipes)
+    run_probe(args.compares, args.rules, args.out, method=args.method, recipes=args.recipes, pattern=args.runs)
     return 0
 
 

@@ -41,15 +41,15 @@ def say(message: str) -> None:
     print(f"[probe] {message}", file=sys.stderr, flush=True)
 
 
-def find_runs(compare_dir: Path, method: str) -> list[Path]:
-    """The run folders of ``method`` in a compare folder that hold a round-0 prediction of the unlabeled
-    cases."""
+def find_runs(compare_dir: Path, method: str, pattern: str = "draw*_seed*") -> list[Path]:
+    """The run folders of ``method`` in a compare folder (names matching ``pattern``) that hold a round-0
+    prediction of the unlabeled cases."""
     root = compare_dir / "runs" / method
-    runs = sorted(d for d in root.glob("draw*_seed*") if (d / "round_00" / "pred_unlabeled").is_dir()
+    runs = sorted(d for d in root.glob(pattern) if (d / "round_00" / "pred_unlabeled").is_dir()
                   and (d / "config.yaml").is_file())
     if not runs:
-        raise SemisamError(f"{root} holds no run with round_00/pred_unlabeled; run `semisam compare` with a "
-                           f"loop method first (--method names it, now {method!r})")
+        raise SemisamError(f"{root} holds no run named {pattern} with round_00/pred_unlabeled; run `semisam "
+                           f"compare` with a loop method first (--method names it, now {method!r})")
     return runs
 
 
@@ -178,12 +178,12 @@ def markdown(setting: str, table: dict[str, dict]) -> str:
 
 
 def run_probe(compares: list[Path], rules: list[str], out: Path, method: str = "samdsk",
-              recipes: Path | None = None) -> dict[str, Any]:
+              recipes: Path | None = None, pattern: str = "draw*_seed*") -> dict[str, Any]:
     """Probe every rule on every run of ``method`` in each compare folder; writes ``probe.md`` and
     ``probe.json`` in ``out`` and returns the tables (setting → rule → summary)."""
     if not rules:
         raise SemisamError("no rule to probe; pass --rules, e.g. --rules samdsk \"samdsk filters.fusion=union\"")
-    runs = {c: find_runs(c, method) for c in compares}  # every folder checked before any work
+    runs = {c: find_runs(c, method, pattern) for c in compares}  # every folder checked before any work
     import yaml
 
     first_raw = yaml.safe_load((runs[compares[0]][0] / "config.yaml").read_text())["dataset"]["raw_dir"]
@@ -236,4 +236,6 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         "are taken from them)")
     p.add_argument("--out", required=True, type=Path, help="folder for probe.md, probe.json and per-run results")
     p.add_argument("--method", default="samdsk", help="the loop method whose round-0 students are probed")
+    p.add_argument("--runs", default="draw*_seed*", help="which of its runs (a name pattern; default all, e.g. "
+                                                         "'draw*_seed0' for one seed per labeled draw)")
     return p
