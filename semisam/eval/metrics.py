@@ -14,7 +14,9 @@ Conventions (the same for files and arrays):
 * HD95 is the symmetric 95th-percentile Hausdorff distance between the masks' boundary pixels in physical
   units (``spacing_zyx``); for 2D images (``Z == 1``) the Z axis is dropped.
 * Pooled Dice of a class: ``2 * sum(|P ∩ G|) / sum(|P| + |G|)`` over all cases (what ASSETS.md reports);
-  ``None`` when prediction and truth are empty in every case (the sum is 0).
+  ``None`` when prediction and truth are empty in every case (the sum is 0). When only pooled Dice is wanted,
+  :class:`PooledDice` folds cases in one at a time and keeps nothing but those integer sums (no HD95, no
+  label map held); :func:`pooled_dice` is its one-call form.
 """
 from __future__ import annotations
 
@@ -116,15 +118,79 @@ def evaluate_arrays(cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[
     return summarize(records, labels, ignore_label)
 
 
+class PooledDice:
+    """Pooled Dice accumulated case by case: accumulate (:meth:`add`) → aggregate (:meth:`value`), the shape
+    of ``monai.metrics.Cumulative``.
+
+    Only integers are kept: per class the sums of ``|P ∩ G|`` and of ``|P| + |G|`` over the cases added, so
+    memory does not grow with the number or size of cases, and no HD95 is computed. The value equals the
+    ``pooled_dice`` of :func:`evaluate_arrays` / :func:`summarize` over the same pairs, bit for bit (the same
+    integer sums, the same division).
+
+    Args:
+        labels: foreground classes, name → label value.
+        ignore_label: ground-truth value whose pixels are left out of both maps (see :func:`case_metrics`).
+    """
+
+    def __init__(self, labels: Mapping[str, int], ignore_label: int | None = None):
+        self.labels = {str(k): int(v) for k, v in labels.items()}
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
+        self.intersection = dict.fromkeys(self.labels, 0)  # class name -> sum of |P ∩ G|
+        self.size = dict.fromkeys(self.labels, 0)  # class name -> sum of |P| + |G|
+        self.n_cases = 0
+
+    def add(self, pred_zyx: np.ndarray, gt_zyx: np.ndarray, keep: np.ndarray | None = None) -> None:
+        """Fold in one case.
+
+        Args:
+            pred_zyx, gt_zyx: integer label maps ``(Z, Y, X)`` or ``(1, Z, Y, X)`` (2D: ``(Y, X)``), same shape.
+            keep: optional bool mask of the same shape; pixels outside it are left out, as if the ground
+                truth were ``ignore_label`` there.
+
+        Raises:
+            SemisamError: shapes differ.
+        """
+        pred_zyx, gt_zyx = _squeeze_channel(np.asarray(pred_zyx)), _squeeze_channel(np.asarray(gt_zyx))
+        if pred_zyx.shape != gt_zyx.shape:
+            raise SemisamError(f"prediction shape {pred_zyx.shape} differs from ground truth shape {gt_zyx.shape}")
+        valid = None if self.ignore_label is None else gt_zyx != self.ignore_label
+        if keep is not None:
+            keep = _squeeze_channel(np.asarray(keep, dtype=bool))
+            if keep.shape != gt_zyx.shape:
+                raise SemisamError(f"mask shape {keep.shape} differs from ground truth shape {gt_zyx.shape}")
+            valid = keep if valid is None else valid & keep
+        for name, value in self.labels.items():
+            p, g = pred_zyx == value, gt_zyx == value
+            if valid is not None:
+                p &= valid
+                g &= valid
+            self.intersection[name] += int(np.count_nonzero(p & g))
+            self.size[name] += int(np.count_nonzero(p)) + int(np.count_nonzero(g))
+        self.n_cases += 1
+
+    def value(self) -> float | None:
+        """Pooled Dice over the cases and classes added; None when nothing was added or no pixel of any class
+        is in either map."""
+        total = sum(self.size.values())
+        return None if total == 0 else 2.0 * sum(self.intersection.values()) / total
+
+    def class_value(self, name: str) -> float | None:
+        """Pooled Dice of one class over the cases added (None when undefined)."""
+        return None if self.size[name] == 0 else 2.0 * self.intersection[name] / self.size[name]
+
+
 def pooled_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: Mapping[str, int],
                 ignore_label: int | None = None) -> float | None:
     """Pooled Dice (over cases and classes) of ``(pred_zyx, gt_zyx)`` label-map pairs; None for no pairs
     or when no pair has a foreground pixel in either map.
 
-    Pixels where the ground truth is ``ignore_label`` are left out (see :func:`case_metrics`).
+    Pixels where the ground truth is ``ignore_label`` are left out (see :func:`case_metrics`). Counts only,
+    through :class:`PooledDice` (no HD95).
     """
-    cases = [(str(i), p, g, None) for i, (p, g) in enumerate(pairs)]
-    return evaluate_arrays(cases, labels, ignore_label)["pooled_dice"] if cases else None
+    acc = PooledDice(labels, ignore_label)
+    for pred, gt in pairs:
+        acc.add(pred, gt)
+    return acc.value()
 
 
 def summarize(records: list[dict], labels: Mapping[str, int], ignore_label: int | None = None) -> dict:

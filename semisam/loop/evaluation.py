@@ -1,7 +1,8 @@
 """Evaluation inside the loop: the student on test/validation cases, pseudo-labels against hidden labels.
 
-This is the only module of the loop that reads ``labelsHidden/``. It runs after a round's pseudo-labels are
-written and returns numbers for the report; nothing it returns is used for training, filtering or selection.
+This is the only module of the loop that reads ``labelsHidden/``. The teacher round hands it each case right
+after that case's pseudo-label is made and written (:class:`PseudoQuality`, running sums only); it returns
+numbers for the report, and nothing it returns is used for training, filtering, selection or the next case.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from semisam.data import LabeledCase, RawDataset
-from semisam.eval.metrics import evaluate_segmentations, pooled_dice
+from semisam.eval.metrics import PooledDice, evaluate_segmentations
 from semisam.eval.report import write_report
 
 
@@ -25,14 +26,82 @@ def evaluate_students_cases(dataset: RawDataset, cases: Sequence[LabeledCase], p
     return {k: metrics[k] for k in ("n_cases", "mean_dice", "mean_hd95", "pooled_dice", "classes")}
 
 
-def _masked(pred: np.ndarray, gt: np.ndarray, keep: np.ndarray, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels outside ``keep`` become ``ignore_label`` in both maps (so the metrics skip them)."""
-    return np.where(keep, pred, ignore_label), np.where(keep, gt, ignore_label)
+class PseudoQuality:
+    """Pseudo-label quality against ``labelsHidden/``, folded in case by case (the teacher round streams).
+
+    Call :meth:`add` for a case only **after its pseudo-label is made and written**: it reads that case's
+    hidden label, scores the case, and keeps nothing but running sums (:class:`~semisam.eval.metrics.PooledDice`
+    counts and pixel counts), so the round holds no case's label maps and memory does not grow with the number
+    of cases. Nothing read from the hidden labels is returned before :meth:`result`, and the result goes to the
+    round's report only: it never feeds the teacher, the filters, the next case or the training set.
+
+    Args:
+        dataset: the run's dataset (its ``labelsHidden/``).
+        foreground: foreground classes, name → label value.
+        ignore_label: the label of rejected pixels in a pseudo-label.
+    """
+
+    def __init__(self, dataset: RawDataset, foreground: Mapping[str, int], ignore_label: int):
+        self.dataset = dataset
+        self.ignore_label = int(ignore_label)
+        fg = dict(foreground)
+        self.kept = PooledDice(fg, ignore_label)  # accepted cases' pseudo-labels, kept pixels
+        self.student_kept = PooledDice(fg, ignore_label)  # the student's labels on the same pixels
+        self.student = PooledDice(fg, ignore_label)  # the student, every pixel of every case
+        self.teacher = PooledDice(fg, ignore_label)  # SAM's raw masks (cases with a teacher map)
+        self.rejected = PooledDice(fg, ignore_label)  # the student on the pixels (and cases) rejected
+        self.n_cases = self.n_accepted = self.kept_px = self.total_px = 0
+
+    def add(self, case_id: str, pseudo: np.ndarray, student: np.ndarray, teacher: np.ndarray | None,
+            accepted: bool) -> None:
+        """Score one case (a no-op when it has no hidden label).
+
+        Args:
+            pseudo, student, teacher: label maps ``(Z, Y, X)``; ``pseudo`` carries ``ignore_label`` where
+                rejected, ``teacher`` may be None (no SAM).
+            accepted: whether the filters accepted the case.
+        """
+        f = self.dataset.hidden_label_file(case_id)
+        if f is None:
+            return
+        hidden = self.dataset.read_seg(f)[0][0]
+        keep = pseudo != self.ignore_label
+        self.n_cases += 1
+        if accepted:
+            self.n_accepted += 1
+            self.kept.add(pseudo, hidden, keep)
+            self.student_kept.add(student, hidden, keep)
+            self.kept_px += int(np.count_nonzero(keep))
+            self.total_px += keep.size
+            if not keep.all():
+                self.rejected.add(student, hidden, ~keep)
+        else:
+            self.rejected.add(student, hidden)
+        self.student.add(student, hidden)
+        if teacher is not None:
+            self.teacher.add(teacher, hidden)
+
+    def result(self) -> dict | None:
+        """The numbers of :func:`pseudo_quality`; None when no case added had a hidden label."""
+        if not self.n_cases:
+            return None
+        return {
+            "n_cases": self.n_cases,
+            "n_accepted": self.n_accepted,
+            "accepted_dice": self.kept.value(),
+            "student_dice_on_kept": self.student_kept.value(),
+            "kept_fraction": self.kept_px / self.total_px if self.total_px else None,
+            "student_dice": self.student.value(),
+            "teacher_dice": self.teacher.value(),
+            "rejected_dice": self.rejected.value(),
+        }
 
 
 def pseudo_quality(dataset: RawDataset, arrays: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
                    accepted: Sequence[str], foreground: Mapping[str, int], ignore_label: int) -> dict | None:
-    """Pseudo-label quality against ``labelsHidden/`` (None when the dataset has no hidden labels).
+    """Pseudo-label quality against ``labelsHidden/`` (None when the dataset has no hidden labels), for label
+    maps already held in memory (``semisam bench``); the loop folds cases in one at a time with
+    :class:`PseudoQuality`, which gives the same numbers.
 
     Args:
         arrays: case id -> ``(pseudo, student, teacher)`` label maps ``(Z, Y, X)``; ``pseudo`` carries
@@ -44,42 +113,12 @@ def pseudo_quality(dataset: RawDataset, arrays: Mapping[str, tuple[np.ndarray, n
         keep (``accepted_dice``) and the fraction they keep (``kept_fraction``); the same pixels' student
         labels (``student_dice_on_kept``); on every candidate case the student's raw prediction
         (``student_dice``), SAM's raw masks (``teacher_dice``) and what the rejected pixels would have
-        scored as the student labelled them (``rejected_dice``); ``n_cases`` with hidden labels. A Dice is None
-        when undefined: no case, or no foreground pixel in either map (see :mod:`semisam.eval.metrics`).
+        scored as the student labelled them (``rejected_dice``); ``n_cases`` with hidden labels and
+        ``n_accepted`` of them accepted. A Dice is None when undefined: no case, or no foreground pixel in
+        either map (see :mod:`semisam.eval.metrics`).
     """
-    hidden = {}
-    for cid in arrays:
-        f = dataset.hidden_label_file(cid)
-        if f is not None:
-            hidden[cid] = dataset.read_seg(f)[0][0]
-    if not hidden:
-        return None
-
-    def pooled(items: list[tuple[str, np.ndarray, np.ndarray]]) -> float | None:
-        return pooled_dice([(p, g) for _, p, g in items], foreground, ignore_label)
-
-    acc = [c for c in accepted if c in hidden]
-    kept_items, student_kept, rejected_items = [], [], []
-    kept_px = total_px = 0
-    for c in hidden:
-        pseudo, student, _ = arrays[c]
-        keep = pseudo != ignore_label
-        if c in acc:
-            kept_items.append((c, *_masked(pseudo, hidden[c], keep, ignore_label)))
-            student_kept.append((c, *_masked(student, hidden[c], keep, ignore_label)))
-            kept_px += int(keep.sum())
-            total_px += keep.size
-        if (~keep).any() or c not in acc:
-            rej = ~keep if c in acc else np.ones_like(keep)
-            rejected_items.append((c, *_masked(student, hidden[c], rej, ignore_label)))
-    teacher_items = [(c, arrays[c][2], hidden[c]) for c in hidden if arrays[c][2] is not None]
-    return {
-        "n_cases": len(hidden),
-        "n_accepted": len(acc),
-        "accepted_dice": pooled(kept_items),
-        "student_dice_on_kept": pooled(student_kept),
-        "kept_fraction": kept_px / total_px if total_px else None,
-        "student_dice": pooled([(c, arrays[c][1], hidden[c]) for c in hidden]),
-        "teacher_dice": pooled(teacher_items),
-        "rejected_dice": pooled(rejected_items),
-    }
+    quality = PseudoQuality(dataset, foreground, ignore_label)
+    accepted = set(accepted)
+    for cid, (pseudo, student, teacher) in arrays.items():
+        quality.add(cid, pseudo, student, teacher, cid in accepted)
+    return quality.result()

@@ -13,7 +13,7 @@ from semisam.config import RunConfig, to_dict, to_yaml
 from semisam.data import RawDataset
 from semisam.data.raw import CaseData, write_raw_dataset
 from semisam.data.split import Split
-from semisam.loop.evaluation import evaluate_students_cases, pseudo_quality
+from semisam.loop.evaluation import PseudoQuality, evaluate_students_cases
 from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, round0_steps, say
 from semisam.loop.state import RunState
 from semisam.utils.errors import SemisamError
@@ -254,7 +254,13 @@ class Experiment:
         return {"dir": str(out), "model": str(self.round_model(r))}
 
     def teacher_round(self, r: int, accepted_before: dict[str, str]) -> dict:
-        """Pseudo-label every unlabeled case from student ``r − 1``'s probabilities."""
+        """Pseudo-label every unlabeled case from student ``r − 1``'s probabilities.
+
+        The round streams: one case at a time is read, pseudo-labelled, written (when accepted) and only then
+        scored against its hidden label (:class:`~semisam.loop.evaluation.PseudoQuality`, running sums only);
+        the first ``loop.gallery_cases`` cases are the only label maps kept until the round ends, so memory
+        does not grow with the number of cases.
+        """
         from semisam.student.driver import load_probabilities
 
         t0 = now()
@@ -264,13 +270,12 @@ class Experiment:
         out = self.round_dir(r) / "pseudo"
         out.mkdir(parents=True, exist_ok=True)
         accepted, files, per_case, gallery = [], {}, {}, []
-        arrays = {}
+        quality = PseudoQuality(self.dataset, self.foreground, self.ignore_label)
         for case in tqdm(self.cases.unlabeled, desc=f"round {r} teacher", unit="case", file=sys.stderr):
             image, props = self.dataset.read_image(case.image_files)
             probs, _ = load_probabilities(probs_dir / f"{case.case_id}.npz")
             res = labeler(image, probs)
             per_case[case.case_id] = res.stats
-            arrays[case.case_id] = (res.pseudo, res.student, res.teacher)
             if res.accepted:
                 f = out / f"{case.case_id}{self.dataset.file_ending}"
                 self.dataset.write_seg(res.pseudo, props, f)
@@ -279,6 +284,10 @@ class Experiment:
             if len(gallery) < self.cfg.loop.gallery_cases:
                 gallery.append({"case_id": case.case_id, "image": image[0], "student": res.student,
                                 "teacher": res.teacher, "pseudo": res.pseudo})
+            # Analysis only, after this case's pseudo-label is made and written: the hidden label is read for
+            # scoring into running sums, and nothing read from it feeds back (teacher, filters, later cases).
+            quality.add(case.case_id, res.pseudo, res.student, res.teacher, res.accepted)
+            del image, props, probs, res  # the next case is read with none of this one's arrays alive
         write_json_atomic(out / "stats.json", per_case)
         gallery_png = None
         if gallery:
@@ -286,15 +295,13 @@ class Experiment:
 
             gallery_png = str(overlay_gallery(gallery, self.ignore_label, self.round_dir(r) / "gallery.png",
                                               max_cases=self.cfg.loop.gallery_cases, title=f"round {r}"))
-        # Analysis only, after every pseudo-label of the round is written: hidden labels never feed back.
-        quality = pseudo_quality(self.dataset, arrays, accepted, self.foreground, self.ignore_label)
         n = len(self.cases.unlabeled)
         return {
             "accepted": accepted, "files": files, "n_candidates": n,
             "accept_rate": len(accepted) / n if n else 0.0,
             "n_added": len([c for c in accepted if c not in accepted_before]),
             "skipped": {c: s.get("skip_reason") for c, s in per_case.items() if s.get("skip_reason")},
-            "pseudo_quality": quality, "gallery": gallery_png, "adapt": adapt_stats,
+            "pseudo_quality": quality.result(), "gallery": gallery_png, "adapt": adapt_stats,
             "cache": labeler.cache_stats(), "teacher_s": round(now() - t0, 2),
         }
 

@@ -134,6 +134,39 @@ def test_class_without_any_defined_case_and_empty_pool():
     assert pooled_dice([(empty, empty)], {"fg": 1}) is None
 
 
+def test_pooled_dice_accumulates_counts_only_and_computes_no_hd95(monkeypatch):
+    """PooledDice folds cases in one at a time and equals evaluate_arrays' pooled Dice bit for bit (overall and
+    per class, 2D and 3D, with an ignore label and a keep mask); pooled_dice never computes HD95."""
+    from semisam.eval.metrics import PooledDice, pooled_dice
+
+    labels, ignore = {"a": 1, "b": 2}, 3
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 4, shape), rng.integers(0, 4, shape)) for shape in ((1, 9, 7), (3, 6, 5), (1, 4, 4))]
+    cases.append((np.zeros((1, 4, 4), int), np.zeros((1, 4, 4), int)))  # nothing in either map
+    keep = rng.random((3, 6, 5)) < 0.6
+    expected = evaluate_arrays([(str(i), p, g, None) for i, (p, g) in enumerate(cases)], labels, ignore)
+    kept = evaluate_arrays([("k", np.where(keep, cases[1][0], ignore), np.where(keep, cases[1][1], ignore), None)],
+                           labels, ignore)
+
+    def no_hd95(*args, **kwargs):
+        raise AssertionError("HD95 computed for a pooled Dice")
+
+    monkeypatch.setattr("monai.metrics.compute_hausdorff_distance", no_hd95)
+    acc = PooledDice(labels, ignore)
+    for pred, gt in cases:
+        acc.add(pred, gt)
+    assert acc.n_cases == 4 and acc.value() == expected["pooled_dice"]
+    assert all(acc.class_value(k) == expected["classes"][k]["pooled_dice"] for k in labels)
+    assert all(type(v) is int for v in (*acc.intersection.values(), *acc.size.values()))
+    assert pooled_dice(cases, labels, ignore) == expected["pooled_dice"]
+    masked = PooledDice(labels, ignore)
+    masked.add(*cases[1], keep=keep)  # a keep mask: pixels outside it are left out
+    assert masked.value() == kept["pooled_dice"]
+    assert PooledDice(labels).value() is None
+    with pytest.raises(SemisamError, match="differs from ground truth shape"):
+        acc.add(cases[0][0], cases[1][1])
+
+
 def test_student_predicting_nothing_scores_zero_on_a_three_class_set():
     """Each case lacks some of the 3 classes; a blank prediction used to collect 1.0 for every absent class."""
     labels = {"a": 1, "b": 2, "c": 3}
