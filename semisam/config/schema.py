@@ -127,6 +127,10 @@ class TeacherConfig:
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     cache_dir: Optional[str] = None  # None: <run_dir>/cache/embeddings
     cache_memory_items: int = bounded(64, 0)
+    # precision of cached embeddings: float16 halves memory and disk, the decoder's output stays within the
+    # tolerance measured in semisam.teacher.cache; float32 is exact (the behaviour before the key existed)
+    cache_dtype: str = choice("float16", "float16", "float32")
+    cache_max_gb: Optional[float] = bounded(None, 0.0)  # cap on the cache folder in GB, LRU eviction; None: no cap
     decode_batch: int = bounded(64, 1)  # prompts per mask-decoder call
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 

@@ -30,9 +30,11 @@ from semisam.data import RawDataset
 from semisam.utils.errors import SemisamError
 
 GiB = 1024 ** 3
-#: bytes of one cached image embedding: (256, 64, 64) float32 for every real teacher, (32, 16, 16) for tiny_random
-EMBEDDING_BYTES = {"tiny_random": 32 * 16 * 16 * 4}
-EMBEDDING_BYTES_DEFAULT = 256 * 64 * 64 * 4
+#: values in one cached image embedding: (256, 64, 64) for every real teacher, (32, 16, 16) for tiny_random;
+#: 4 bytes each in float32, 2 in float16 (``teacher.cache_dtype``)
+EMBEDDING_VALUES = {"tiny_random": 32 * 16 * 16}
+EMBEDDING_VALUES_DEFAULT = 256 * 64 * 64
+DTYPE_BYTES = {"float32": 4, "float16": 2}
 _2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
@@ -116,8 +118,9 @@ def disk_estimate(cfg: RunConfig, dataset: RawDataset, cases: Any) -> dict[str, 
     ``data``: the dataset's case files (images and labels) × (``loop.max_rounds`` + 2): each round writes its
     training set and predictions, nnU-Net's preprocessed copy is at least as large (float32). ``cache``: one
     embedding per slice (along ``prompts.slice_axis``, counted from the first unlabeled case's header) of
-    every unlabeled case, and of the labeled ones when the teacher adapts, when a teacher runs and the cache
-    lives in the run folder (``teacher.cache_dir`` unset). Checkpoints, plots and logs are not counted.
+    every unlabeled case, and of the labeled ones when the teacher adapts, in ``teacher.cache_dtype``, at most
+    ``teacher.cache_max_gb``, when a teacher runs and the cache lives in the run folder (``teacher.cache_dir``
+    unset). Checkpoints, plots and logs are not counted.
     """
     files = [f for c in (*cases.train, *cases.val, *cases.test) for f in (*c.image_files, c.label_file)]
     files += [f for c in cases.unlabeled for f in c.image_files]
@@ -126,7 +129,10 @@ def disk_estimate(cfg: RunConfig, dataset: RawDataset, cases: Any) -> dict[str, 
     if needs_teacher(cfg) and not cfg.teacher.cache_dir and cases.unlabeled:
         per_case = _num_slices(Path(cases.unlabeled[0].image_files[0]), dataset.file_ending, cfg.prompts.slice_axis)
         n = len(cases.unlabeled) + (len(cases.train) if cfg.teacher.adapt.enabled else 0)
-        cache = n * per_case * EMBEDDING_BYTES.get(cfg.teacher.name, EMBEDDING_BYTES_DEFAULT)
+        values = EMBEDDING_VALUES.get(cfg.teacher.name, EMBEDDING_VALUES_DEFAULT)
+        cache = n * per_case * values * DTYPE_BYTES[cfg.teacher.cache_dtype]
+        if cfg.teacher.cache_max_gb is not None:
+            cache = min(cache, int(cfg.teacher.cache_max_gb * 1e9))
     return {"data": data, "cache": cache}
 
 

@@ -29,9 +29,12 @@ MANIFEST = "manifest.json"
 #: Recipe keys (dotted prefixes) that do not change results, left out of the fingerprint: the device and the
 #: worker counts (speed; ``num_processes_da`` changes which random augmentation stream a worker draws, not the
 #: method: see docs/architecture.md, Seeds and determinism), logging, ``restart``, and the teacher's cache
-#: location, in-memory cache size and prompts per decoder call (the decoder treats each prompt on its own).
+#: location, in-memory cache size, disk cap (an evicted embedding is computed again, the same values) and
+#: prompts per decoder call (the decoder treats each prompt on its own). ``teacher.cache_dtype`` is not among
+#: them: float16 embeddings change SAM's logits slightly (see :mod:`semisam.teacher.cache`), so a mask pixel can
+#: flip.
 NOT_RESULTS = ("device", "restart", "logger", "student.num_processes", "student.num_processes_da",
-               "teacher.cache_dir", "teacher.cache_memory_items", "teacher.decode_batch")
+               "teacher.cache_dir", "teacher.cache_memory_items", "teacher.cache_max_gb", "teacher.decode_batch")
 
 
 #: Student settings that only rounds after round 0 use (whether and how they fine-tune): runs that differ only
@@ -153,6 +156,9 @@ ADDED_KEYS: dict[str, Any] = {
     "filters.gray_zone": 0.0,
     "filters.student_confident": 1.0,
     "loop.final_finetune_epochs": 0,
+    # embeddings were cached in float32 (the default is now float16); without a teacher it changes nothing
+    "teacher.cache_dtype": lambda now: (now.get("teacher.cache_dtype") == "float32" or now.get("teacher.name") == "none"
+                                        or not now.get("loop.max_rounds")),
     # used only when rounds fine-tune (before, they restarted at student.initial_lr for student.epochs)
     "student.finetune_lr": lambda now: now.get("student.init") != "finetune",
     "student.finetune_epochs": lambda now: now.get("student.init") != "finetune",

@@ -341,7 +341,7 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
 
         device = resolve_device(cfg.device)
         model = build_teacher_model(t.name, t.checkpoint, device=device)
-        cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items)
+        cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items, store_dtype=t.cache_dtype, max_disk_gb=t.cache_max_gb)
         teacher = SamTeacher(model, cache, device=device, decode_batch=t.decode_batch, intensity=None)
     a = t.adapt
     adapt_settings = dict(steps=a.steps, lr=a.lr, batch_size=a.batch_size, train_prompt_encoder=a.train_prompt_encoder,

@@ -27,7 +27,7 @@ and what :func:`write_report` and :func:`semisam.tracking.plots.plot_rounds` rea
           "kept_fraction": 0.95,       # fraction of pixels not set to ignore
       } | None,
       "timings": {"train_s": 120.0, "predict_s": 10.0, "teacher_s": 30.0},   # seconds
-      "cache": {"hits": 20, "misses": 0},                                      # teacher embedding cache
+      "cache": {"hits": 20, "misses": 0, "disk_bytes": 2.1e6, "evictions": 0, ...},  # EmbeddingCache.stats()
       "trained": True,                 # False: a round the loop stopped in before training (not selectable)
     }
 
@@ -229,7 +229,9 @@ def _table(records: list[Mapping[str, Any]]) -> list[str]:
         if has["val"]:
             cells.append(_fmt(_get(r, "val", "dice_mean")))
         if has["cache"]:
-            cells.append(f"{_fmt(_get(r, 'cache', 'hits'))}/{_fmt(_get(r, 'cache', 'misses'))}")
+            disk = _get(r, "cache", "disk_bytes")  # the cache folder's size on disk after the round
+            cells.append(f"{_fmt(_get(r, 'cache', 'hits'))}/{_fmt(_get(r, 'cache', 'misses'))}"
+                         + ("" if disk is None else f", {disk / 1e6:.1f} MB"))
         cells.append(_fmt(round_time_s(r), 1))
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -123,7 +123,10 @@ def test_disk_estimate_counts_rounds_and_cache(dataset, tmp_path):
     est = pf.disk_estimate(cfg, built.dataset, built.cases)
     files = [p for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs") for p in (dataset / sub).iterdir()]
     assert est["data"] == sum(p.stat().st_size for p in files) * (cfg.loop.max_rounds + 2)
-    assert est["cache"] == (2 + 2) * 32 * 16 * 16 * 4  # 2 unlabeled + 2 labeled (adaptation), tiny_random
+    assert est["cache"] == (2 + 2) * 32 * 16 * 16 * 2  # 2 unlabeled + 2 labeled (adaptation), tiny_random, float16
+    for extra, cache in (("teacher.cache_dtype=float32", (2 + 2) * 32 * 16 * 16 * 4),
+                         ("teacher.cache_max_gb=0.00001", 10000)):  # the cap bounds the estimate
+        assert pf.disk_estimate(cfg_for(dataset, tmp_path / "run", extra), built.dataset, built.cases)["cache"] == cache
     assert pf.disk_estimate(cfg_for(dataset, tmp_path / "run", "loop.max_rounds=0"), built.dataset,
                             built.cases)["cache"] == 0
 
@@ -203,7 +206,7 @@ def test_compare_counts_a_run_finished_only_on_the_same_recipe_and_dataset(datas
 def test_a_run_recorded_before_keys_were_added_is_the_same_run_at_their_older_behaviour(dataset, tmp_path):
     from semisam.loop.state import ADDED_KEYS
 
-    cfg = cfg_for(dataset, tmp_path / "run")
+    cfg = cfg_for(dataset, tmp_path / "run", "teacher.cache_dtype=float32")  # embeddings cached as before
     identity = run_identity(to_dict(cfg))
     older = dict(identity, recipe="0" * 16,  # recorded by a semisam without the added keys
                  recipe_values={k: v for k, v in identity["recipe_values"].items() if k not in ADDED_KEYS})
@@ -218,3 +221,10 @@ def test_a_run_recorded_before_keys_were_added_is_the_same_run_at_their_older_be
     # fine-tuning settings only matter when rounds fine-tune
     finetune = run_identity(to_dict(cfg_for(dataset, tmp_path / "run", "student.init=finetune")))
     assert "student.finetune_lr (absent) → 0.001" in resume_refusal(manifest, finetune, "run")
+    # float16 embeddings (the default now) change the teacher's logits slightly: another recipe when a teacher runs
+    half = run_identity(to_dict(cfg_for(dataset, tmp_path / "run")))
+    assert "teacher.cache_dtype (absent) → float16" in resume_refusal(manifest, half, "run")
+    # ... and the same run when no teacher runs (a supervised baseline recorded before the key existed)
+    supervised = run_identity(to_dict(cfg_for(dataset, tmp_path / "run", "loop.max_rounds=0")))
+    before = {k: v for k, v in supervised["recipe_values"].items() if k not in ADDED_KEYS}
+    assert holds_run({"identity": dict(supervised, recipe="0" * 16, recipe_values=before), "steps": {}}, supervised)

@@ -48,3 +48,29 @@ def test_adapted_litemedsam_beats_zero_shot_on_held_out_tiles(nuclei, litemedsam
     # the saved adaptation is found again and gives the same teacher
     again = labeler.adapt(labeled, [1], tmp_path / "adapted.pt")
     assert again["reused"] is True and teacher_dice() == pytest.approx(adapted)
+
+
+def test_float16_embeddings_decode_within_the_stated_tolerance(nuclei, litemedsam_model):
+    """teacher.cache_dtype=float16: the same box prompts decoded from float32 and from float16 embeddings stay
+    within the tolerance stated in semisam.teacher.cache (measured on all 64 tiles: max |Δ logit| 0.0053, 3 of
+    802,816 mask pixels flipped); here on 6 test tiles."""
+    import numpy as np
+    from scipy import ndimage
+
+    from semisam.teacher.cache import EmbeddingCache
+    from semisam.teacher.predictor import SamTeacher
+    from semisam.teacher.preprocess import IntensityRule
+
+    exact = SamTeacher(litemedsam_model, EmbeddingCache(None), intensity=IntensityRule())
+    half = SamTeacher(litemedsam_model, EmbeddingCache(None, store_dtype="float16"), intensity=IntensityRule())
+    worst, inter, union = 0.0, 0, 0
+    for case in nuclei.test_cases()[:6]:
+        image = nuclei.read_image(case.image_files)[0][0, 0]
+        objects = ndimage.find_objects(ndimage.label(nuclei.read_seg(case.label_file)[0][0, 0] > 0)[0])
+        boxes = np.array([[max(x.start - 2, 0), max(y.start - 2, 0), min(x.stop + 1, 63), min(y.stop + 1, 63)]
+                          for y, x in objects], np.float32)
+        a, b = exact.predict(image, boxes_xyxy=boxes), half.predict(image, boxes_xyxy=boxes)
+        worst = max(worst, float(np.abs(a.logits - b.logits).max()))
+        inter += int((a.masks & b.masks).sum())
+        union += int((a.masks | b.masks).sum())
+    assert half.cache.stats()["misses"] == 6 and worst < 0.01 and inter / union > 0.999, (worst, inter / union)
