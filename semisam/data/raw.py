@@ -304,8 +304,9 @@ class Geometry:
 class CaseData:
     """One case for :func:`write_raw_dataset`.
 
-    ``image`` is an array ``(C, Z, Y, X)`` or a tuple of existing channel files (copied verbatim);
-    ``label`` is an integer array ``(Z, Y, X)``, an existing label file, or None (no ground truth).
+    ``image`` is an array ``(C, Z, Y, X)`` or a tuple of existing channel files (copied verbatim, or linked:
+    see :func:`write_raw_dataset`'s ``link_files``); ``label`` is an integer array ``(Z, Y, X)``, an existing
+    label file (the same), or None (no ground truth).
     """
 
     case_id: str
@@ -386,10 +387,32 @@ def _check_label(label: np.ndarray, spatial_shape: tuple[int, ...], allowed: set
                            f"(declared: {sorted(allowed)})")
 
 
+def place_file(src: Path, dst: Path, link: bool) -> str:
+    """Put the existing file ``src`` at ``dst``: a copy, or with ``link`` a hard link when the filesystem allows
+    one (same filesystem), else a symbolic link to ``src``'s absolute path, else a copy.
+
+    Returns:
+        How it was placed: ``"hardlink"``, ``"symlink"`` or ``"copy"``.
+    """
+    if link:
+        try:
+            os.link(src, dst)  # follows a symlinked src: the link is to the file itself
+            return "hardlink"
+        except OSError:  # another filesystem (EXDEV), or one without hard links
+            pass
+        try:
+            os.symlink(src.resolve(), dst)
+            return "symlink"
+        except OSError:  # a filesystem without symbolic links
+            pass
+    shutil.copyfile(src, dst)
+    return "copy"
+
+
 def _write_case(case: CaseData, image_dir: Path, label_dir: Path | None, file_ending: str, num_channels: int,
-                allowed: set[int], natural_2d: bool) -> None:
-    """Write (or copy) one case's images into ``image_dir`` and its label into ``label_dir``, validating
-    the channel count, the 2D-ness, the label values and the image/label shapes."""
+                allowed: set[int], natural_2d: bool, link: bool = False) -> None:
+    """Write (or copy, or link: :func:`place_file`) one case's images into ``image_dir`` and its label into
+    ``label_dir``, validating the channel count, the 2D-ness, the label values and the image/label shapes."""
     cid = case.case_id
     image_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(case.image, np.ndarray):
@@ -419,7 +442,7 @@ def _write_case(case: CaseData, image_dir: Path, label_dir: Path | None, file_en
             raise SemisamError(f"case '{cid}': cannot read its images ({type(e).__name__}: {e})") from None
         spatial = tuple(arr.shape[1:])
         for c, f in enumerate(files):
-            shutil.copyfile(f, image_dir / f"{cid}_{c:04d}{file_ending}")
+            place_file(f, image_dir / f"{cid}_{c:04d}{file_ending}", link)
     if case.label is None:
         return
     assert label_dir is not None
@@ -436,14 +459,15 @@ def _write_case(case: CaseData, image_dir: Path, label_dir: Path | None, file_en
         with _quiet():
             seg, _ = reader.read_seg(str(src))
         _check_label(seg[0], spatial, allowed, f"case '{cid}' ({src.name})")
-        shutil.copyfile(src, target)
+        place_file(src, target, link)
 
 
 def write_raw_dataset(out_dir: str | os.PathLike, *, name: str, cases: Sequence[CaseData],
                       test_cases: Sequence[CaseData] = (), labels: Mapping[str, int], file_ending: str,
                       channel_names: Mapping[str | int, str], split: Split, overwrite: bool = False,
                       verify: bool = False, description: str | None = None,
-                      extra_json: Mapping[str, Any] | None = None, allow_ignore: bool = False) -> Path:
+                      extra_json: Mapping[str, Any] | None = None, allow_ignore: bool = False,
+                      link_files: bool = False) -> Path:
     """Write a complete raw dataset atomically: the one code path every data_prep source uses.
 
     Everything goes into a temporary sibling folder that is renamed to ``out_dir`` only when complete and
@@ -466,6 +490,11 @@ def write_raw_dataset(out_dir: str | os.PathLike, *, name: str, cases: Sequence[
         allow_ignore: labels may contain the ignore label (``max + 1``): nnU-Net's partial labels, e.g.
             pseudo-labels whose rejected pixels are ignored. Off for source datasets, where that value is
             an undeclared label.
+        link_files: cases given as existing files are linked instead of copied (:func:`place_file`: a hard
+            link where the filesystem allows, else a symbolic link to the absolute path, else a copy), for
+            datasets that live no longer than their sources, such as a loop round's training set: nnU-Net
+            reads a link like the file. nnU-Net never writes into a raw dataset, and semisam replaces files
+            (atomic rename) rather than writing into them, so a hard-linked file keeps the content it had.
 
     Returns:
         ``out_dir``.
@@ -501,9 +530,11 @@ def write_raw_dataset(out_dir: str | os.PathLike, *, name: str, cases: Sequence[
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for case in cases:
             label_dir = tmp / ("labelsTr" if case.case_id in labeled else HIDDEN_DIR)
-            _write_case(case, tmp / "imagesTr", label_dir, file_ending, len(channel_names), allowed, natural_2d)
+            _write_case(case, tmp / "imagesTr", label_dir, file_ending, len(channel_names), allowed, natural_2d,
+                        link_files)
         for case in test_cases:
-            _write_case(case, tmp / "imagesTs", tmp / "labelsTs", file_ending, len(channel_names), allowed, natural_2d)
+            _write_case(case, tmp / "imagesTs", tmp / "labelsTs", file_ending, len(channel_names), allowed, natural_2d,
+                        link_files)
         (tmp / "labelsTr").mkdir(exist_ok=True)
         entries = {cid: {"images": [f"imagesTr/{cid}_{c:04d}{file_ending}" for c in range(len(channel_names))],
                          "label": f"labelsTr/{cid}{file_ending}"} for cid in split.labeled}

@@ -139,6 +139,10 @@ class Experiment:
     def build_round_dataset(self, r: int, accepted: dict[str, str]) -> dict:
         """labeled (minus validation) ∪ accepted pseudo-labeled cases, each once, as an nnU-Net raw dataset.
 
+        Its images and labels are links to the dataset's and the pseudo-label folders' files, not copies
+        (hard links where the filesystem allows, else symbolic links, else copies: ``write_raw_dataset``'s
+        ``link_files``).
+
         The result's ``labeled_share`` is the share of training samples the student draws from the labeled
         cases (``loop.labeled_weight``, through nnU-Net's sampler); None: nnU-Net's uniform sampling (no
         pseudo-labeled case, or ``labeled_weight`` 0)."""
@@ -155,7 +159,7 @@ class Experiment:
         write_raw_dataset(out, name=self.dataset.name, cases=cases, labels=self.labels,
                           file_ending=self.dataset.file_ending, channel_names=dj["channel_names"], split=split,
                           description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled",
-                          allow_ignore=True)
+                          allow_ignore=True, link_files=True)
         return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted),
                 "labeled_share": share}
 

@@ -12,6 +12,7 @@ from data_prep.synthetic import make_synthetic
 from semisam.data import (
     CaseData, Geometry, LabeledCase, RawDataset, UnlabeledCase, check_raw_dataset, make_split, write_raw_dataset,
 )
+from semisam.data.split import Split
 from semisam.utils.errors import SemisamError
 
 
@@ -145,3 +146,53 @@ def test_check_reports_nnunet_failures_in_one_line(tmp_path, syn2d):
     with pytest.raises(SemisamError, match="verify_dataset_integrity") as e:
         check_raw_dataset(root)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("unavailable,placed", [((), "hardlink"), (("link",), "symlink"), (("link", "symlink"), "copy")])
+def test_link_files_links_where_the_filesystem_allows_and_nnunet_reads_the_links(tmp_path, syn2d, monkeypatch,
+                                                                                unavailable, placed):
+    """link_files: hard links, else symbolic links, else copies (a filesystem without either is simulated);
+    nnU-Net's own integrity check reads the labeled cases' images and labels through them."""
+    import os
+
+    src = RawDataset.open(syn2d)
+    cases = [CaseData(c.case_id, c.image_files, c.label_file) for c in src.labeled_cases()]
+    cases += [CaseData(c.case_id, c.image_files) for c in src.unlabeled_cases()]
+    split = Split(labeled=tuple(c.case_id for c in src.labeled_cases()),
+                  unlabeled=tuple(c.case_id for c in src.unlabeled_cases()), test=(), seed=0, ratio=None)
+
+    def unsupported(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    for name in unavailable:
+        monkeypatch.setattr(os, name, unsupported)
+    out = write_raw_dataset(tmp_path / "Dataset901_L", name="L", cases=cases, labels=src.labels,
+                            file_ending=".png", channel_names={0: "x"}, split=split, link_files=True)
+    monkeypatch.undo()
+    sources = {f"{c.case_id}_0000.png": c.image[0] for c in cases}
+    sources.update({f"{c.case_id}.png": c.label for c in cases if c.label is not None})
+    written = sorted([*(out / "imagesTr").iterdir(), *(out / "labelsTr").iterdir()])
+    assert len(written) == len(sources) == 5 + 2
+    for f in written:
+        source = sources[f.name]
+        assert f.read_bytes() == source.read_bytes()
+        kind = "symlink" if f.is_symlink() else "hardlink" if os.path.samefile(f, source) else "copy"
+        assert kind == placed, (f, kind)
+        if placed == "symlink":
+            assert os.readlink(f) == str(source.resolve())
+    ds = check_raw_dataset(out, nnunet=True)  # nnU-Net's verify_dataset_integrity reads them
+    img, _ = ds.read_image(ds.labeled_cases()[0].image_files)
+    assert np.array_equal(img, src.read_image(src.labeled_cases()[0].image_files)[0])
+
+
+def test_copies_stay_the_default(tmp_path, syn2d):
+    import os
+
+    src = RawDataset.open(syn2d)
+    case = src.labeled_cases()[0]
+    out = write_raw_dataset(tmp_path / "Dataset902_C", name="C", cases=[CaseData(case.case_id, case.image_files,
+                                                                                 case.label_file)],
+                            labels=src.labels, file_ending=".png", channel_names={0: "x"},
+                            split=make_split([case.case_id], labeled=1, seed=0))
+    f = out / "imagesTr" / f"{case.case_id}_0000.png"
+    assert not f.is_symlink() and not os.path.samefile(f, case.image_files[0])

@@ -76,6 +76,11 @@ def test_two_rounds_end_to_end(smoke_run, synthetic):
     ds = check_raw_dataset(round_raw, nnunet=True)
     # each case once; the labeled ones are drawn for half of the samples by nnU-Net's sampler
     assert len(ds.labeled_cases()) == 2 + len(teach["accepted"])
+    # its images and labels are links to the dataset's and round 1's pseudo-label files, not copies, and
+    # nnU-Net preprocessed and trained on them (r1/preprocess, r1/train)
+    case = teach["accepted"][0]
+    assert os.path.samefile(round_raw / "imagesTr" / f"{case}_0000.png", synthetic / "imagesTr" / f"{case}_0000.png")
+    assert os.path.samefile(round_raw / "labelsTr" / f"{case}.png", teach["files"][case])
     assert steps["r0/dataset"]["result"]["labeled_share"] is None  # labeled cases only: uniform
     assert steps["r1/dataset"]["result"]["labeled_share"] == 0.5  # loop.labeled_weight=0.5 (default)
     r1_log = training_log(steps["r1/train"]["result"]["model"])

@@ -1,5 +1,6 @@
-"""The teacher round streams: pseudo-label quality folded in case by case equals the all-at-once computation,
-and the round does not keep every case's label maps alive."""
+"""A round's memory and disk: the teacher round streams (pseudo-label quality folded in case by case equals the
+all-at-once computation, and the round does not keep every case's label maps alive); a round's dataset links
+the images and labels it reuses instead of copying them."""
 from __future__ import annotations
 
 import gc
@@ -178,3 +179,34 @@ def test_teacher_round_streams_cases_and_keeps_only_the_gallery(synthetic, tmp_p
             accepted.append(cid)
     assert result["accepted"] == accepted and all(Path(f).is_file() for f in result["files"].values())
     assert result["pseudo_quality"] == reference_quality(synthetic, arrays, accepted, FG, IGNORE)
+
+
+def test_round_dataset_links_its_images_and_labels(synthetic, tmp_path):
+    """build_round_dataset: the labeled cases' images and labels and the accepted cases' images and
+    pseudo-labels are links to the files they come from (hard links here: one filesystem), not copies; nnU-Net's
+    integrity check reads them."""
+    import os
+
+    from semisam.config import compose
+    from semisam.data import check_raw_dataset
+    from semisam.loop.experiment import split_cases
+    from semisam.loop.rounds import Experiment
+    from semisam.loop.state import RunState
+
+    cfg = compose([f"dataset.raw_dir={synthetic.root}", f"run_dir={tmp_path / 'run'}", "logger=disabled"])
+    exp = Experiment(cfg, RunState(tmp_path / "run", "links-test"), synthetic, split_cases(synthetic, 0, cfg.seed))
+    accepted = {}
+    for case in exp.cases.unlabeled[:3]:
+        image, props = synthetic.read_image(case.image_files)
+        accepted[case.case_id] = str(synthetic.write_seg(np.zeros(image.shape[1:], np.uint8), props,
+                                                         tmp_path / "pseudo" / f"{case.case_id}.png"))
+    out = Path(exp.build_round_dataset(1, accepted)["raw_dir"])
+    sources = {f"{c.case_id}_0000.png": c.image_files[0] for c in (*exp.cases.train, *exp.cases.unlabeled)}
+    sources.update({f"{c.case_id}.png": c.label_file for c in exp.cases.train})
+    sources.update({f"{cid}.png": Path(f) for cid, f in accepted.items()})
+    written = [*(out / "imagesTr").iterdir(), *(out / "labelsTr").iterdir()]
+    assert len(written) == 2 * (len(exp.cases.train) + 3)
+    for f in written:
+        assert os.path.samefile(f, sources[f.name]) and f.stat().st_nlink >= 2, f  # the same file: no copy
+    ds = check_raw_dataset(out, nnunet=True)
+    assert len(ds.labeled_cases()) == len(exp.cases.train) + 3
