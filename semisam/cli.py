@@ -43,7 +43,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     spec = CompareSpec(dataset=args.dataset, out=args.out, methods=args.methods, seeds=args.seeds,
                        draws=args.labeled_draws, labeled=args.labeled, ratio=args.ratio, overrides=args.overrides,
-                       jobs=args.jobs, threads=args.threads, group=args.group, recipes=args.recipes)
+                       jobs=args.jobs, threads=args.threads, group=args.group, recipes=args.recipes,
+                       versus=args.versus)
     run_compare(spec, argv=args.argv)
     return 0
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", type=float, default=None, help="labeled fraction per draw, in (0, 1)")
     c.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are divided among them)")
     c.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
+    c.add_argument("--versus", default=None,
+                   help="also pair every method with this one (e.g. samdsk), on the same draw and seed")
     c.add_argument("--group", default=None, help="W&B group of the runs (default: compare-<out folder name>)")
     c.add_argument("overrides", nargs="*", help="after `--`: recipe overrides for every method, "
                                                 "e.g. -- student.epochs=10 loop.max_rounds=1")

@@ -16,17 +16,21 @@ from semisam.compare.stats import describe, paired_difference
 from semisam.utils.io import atomic_write_path, write_json_atomic
 
 
-def _pairs(rows: list[dict], label: str, key: str, per_class: str | None = None) -> tuple[list, list]:
-    """(method values, supervised values) paired on draw and seed."""
+def _pairs(rows: list[dict], label: str, key: str, per_class: str | None = None,
+           baseline: str = SUPERVISED) -> tuple[list, list]:
+    """(method values, baseline values) paired on draw and seed (``full`` against supervised's mean over the
+    draws of its seed; against another baseline it has no pair)."""
     def value(row: dict) -> Any:
         return (row.get("dice_per_class") or {}).get(per_class) if per_class else row.get(key)
 
-    base = {(r["draw"], r["seed"]): value(r) for r in rows if r["method"] == SUPERVISED}
+    base = {(r["draw"], r["seed"]): value(r) for r in rows if r["method"] == baseline and r["status"] == "done"}
     mine, theirs = [], []
     for row in rows:
         if row["method"] != label:
             continue
         if row["draw"] is None:  # full: one pair per seed, against supervised's mean over the draws
+            if baseline != SUPERVISED:
+                continue
             same_seed = [v for (_, seed), v in base.items() if seed == row["seed"]]
             if same_seed:
                 mine.append(value(row))
@@ -37,9 +41,13 @@ def _pairs(rows: list[dict], label: str, key: str, per_class: str | None = None)
     return mine, theirs
 
 
-def summarize(rows: list[dict], labels: list[str]) -> dict[str, Any]:
+def summarize(rows: list[dict], labels: list[str], versus: str | None = None) -> dict[str, Any]:
     """Statistics per method (in first-seen order of ``labels``) from the per-run rows of
-    :func:`semisam.compare.runner.collect`."""
+    :func:`semisam.compare.runner.collect`.
+
+    Besides the paired difference to supervised, each method other than ``supervised`` and ``full`` gets its
+    *gap closure* — (method − supervised) / (full − supervised), of the means, when ``full`` ran — and, with
+    ``versus`` (another method's label), its paired difference to that method on the same draw and seed."""
     order = list(dict.fromkeys(labels))
     classes = list(dict.fromkeys(c for r in rows for c in (r.get("dice_per_class") or {})))
     methods = {}
@@ -61,8 +69,18 @@ def summarize(rows: list[dict], labels: list[str]) -> dict[str, Any]:
         if label != SUPERVISED:
             entry["vs_supervised"] = paired_difference(*_pairs(rows, label, "dice"))
             entry["vs_supervised_per_class"] = {c: paired_difference(*_pairs(rows, label, "", c)) for c in classes}
+        if versus and label not in (versus, SUPERVISED, "full"):
+            entry["vs_versus"] = paired_difference(*_pairs(rows, label, "dice", baseline=versus))
         methods[label] = entry
-    return {"classes": classes, "methods": methods, "runs": rows}
+    sup = methods.get(SUPERVISED, {}).get("dice", {}).get("mean")
+    full = methods.get("full", {}).get("dice", {}).get("mean")
+    for label, entry in methods.items():
+        if label in (SUPERVISED, "full"):
+            continue
+        gap = None if sup is None or full is None or entry["dice"]["mean"] is None or full - sup <= 1e-9 \
+            else (entry["dice"]["mean"] - sup) / (full - sup)
+        entry["gap_closure"] = gap
+    return {"classes": classes, "methods": methods, "runs": rows, "versus": versus}
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -91,14 +109,23 @@ def table(result: dict[str, Any]) -> str:
     """The comparison as one markdown table (plus a per-class table for multi-class data)."""
     classes = result["classes"]
     has_pq = any(m["pseudo_accepted_dice"]["n"] for m in result["methods"].values())
-    head = ["method", "runs", "test Dice (mean ± sd)", "Δ vs supervised [95 % CI]", "test HD95", "pooled Dice"]
+    versus = result.get("versus")
+    has_gap = any(m.get("gap_closure") is not None for m in result["methods"].values())
+    head = ["method", "runs", "test Dice (mean ± sd)", "Δ vs supervised [95 % CI]"]
+    head += ["gap closed"] if has_gap else []
+    head += [f"Δ vs {versus} [95 % CI]"] if versus else []
+    head += ["test HD95", "pooled Dice"]
     head += ["accepted cases", "PL Dice kept px", "student Dice unlabeled"] if has_pq else []
     head += ["wall time (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for label, m in result["methods"].items():
         runs = f"{m['finished']}" + ("" if m["finished"] == m["runs"] else f" of {m['runs']}")
-        cells = [f"`{label}`", runs, _mean_sd(m["dice"]), _delta(m.get("vs_supervised")),
-                 _mean_sd(m["hd95"], 2), _mean_sd(m["pooled_dice"])]
+        cells = [f"`{label}`", runs, _mean_sd(m["dice"]), _delta(m.get("vs_supervised"))]
+        if has_gap:
+            cells.append("–" if m.get("gap_closure") is None else f"{100 * m['gap_closure']:+.0f} %")
+        if versus:
+            cells.append(_delta(m.get("vs_versus")))
+        cells += [_mean_sd(m["hd95"], 2), _mean_sd(m["pooled_dice"])]
         if has_pq:
             acc = m["accept_rate"]
             cells += ["–" if acc["mean"] is None else f"{100 * acc['mean']:.0f} %",
@@ -132,6 +159,7 @@ def markdown(result: dict[str, Any]) -> str:
               f"{n_seeds} seed(s). Test Dice is the selected round's (the last, or best on validation cases "
               "when `loop.select_by_val`), never a best-of-test. Δ pairs each run with the supervised run of the "
               "same draw and seed (`full`: supervised's mean over the draws at its seed); the interval is Student's t over the pairs. "
+              "Gap closed = (method − supervised) / (full − supervised), of the means. "
               "PL = the last teacher round's pseudo-labels against the hidden labels of the unlabeled cases (analysis "
               "only; accepted cases = its accept rate, and a round that accepted nothing stops the run at the "
               "previous student).", "",

@@ -63,6 +63,7 @@ class CompareSpec:
     threads: int | None = None
     group: str | None = None
     recipes: Path | None = None
+    versus: str | None = None  # a method's label: every other method's paired Δ against it too (report only)
 
 
 @dataclass
@@ -373,12 +374,16 @@ def run_compare(spec: CompareSpec, argv: list[str] | None = None) -> dict[str, A
     check_source(spec)
     check_out_folder(spec)
     cells = plan(spec)
+    labels = list(dict.fromkeys(c.method.label for c in cells))
+    if spec.versus is not None and spec.versus not in labels:
+        raise SemisamError(f"--versus {spec.versus!r} is not one of the compared methods ({', '.join(labels)}); "
+                           "name one of them, quoted as in --methods")
     spec.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(spec.out / SPEC_FILE, spec_record(spec))
     prepare_data(spec, cells)
     execute(spec, cells)
     rows = [collect(c) for c in cells]
-    result = summarize(rows, [c.method.label for c in cells])
+    result = summarize(rows, [c.method.label for c in cells], versus=spec.versus)
     result.update(spec={**spec_record(spec), "methods": spec.methods, "seeds": spec.seeds,
                         "labeled_draws": spec.draws, "jobs": spec.jobs},
                   command=" ".join(["semisam", *argv]) if argv is not None else None,

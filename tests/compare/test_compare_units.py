@@ -104,6 +104,30 @@ def test_summary_pairs_on_draw_and_seed_and_full_with_every_draw():
     assert "`samdsk` | 4 of 5 |" in text and "+0.020 [+0.020, +0.020]" in text
 
 
+def test_gap_closure_and_pairing_against_another_method():
+    rows = [row("supervised", d, s, 0.5 + 0.1 * d) for d in (0, 1) for s in (0, 1)]
+    rows += [row("samdsk", d, s, 0.52 + 0.1 * d + 0.01 * s) for d in (0, 1) for s in (0, 1)]
+    rows += [row("corrector", d, s, 0.55 + 0.1 * d) for d in (0, 1) for s in (0, 1)]
+    rows += [row("full", None, s, 0.75) for s in (0, 1)]
+    out = summarize(rows, ["supervised", "samdsk", "corrector", "full"], versus="samdsk")
+    cor = out["methods"]["corrector"]
+    assert cor["gap_closure"] == pytest.approx(0.05 / 0.2)  # (0.60 - 0.55) / (0.75 - 0.55)
+    assert cor["vs_versus"]["diffs"] == pytest.approx([0.03, 0.02, 0.03, 0.02])  # paired on draw and seed
+    assert "vs_versus" not in out["methods"]["samdsk"] and "vs_versus" not in out["methods"]["full"]
+    text = table(out)
+    assert "| gap closed | Δ vs samdsk [95 % CI] |" in text and "+25 %" in text
+    # without full there is no gap to close
+    assert summarize(rows[:-2], ["supervised", "corrector"])["methods"]["corrector"]["gap_closure"] is None
+
+
+def test_versus_must_be_a_compared_method(dataset, tmp_path):
+    from semisam.compare.runner import run_compare
+
+    with pytest.raises(SemisamError, match="--versus 'samdks' is not one of the compared methods"):
+        run_compare(spec(dataset, tmp_path / "out", methods=["samdsk"], versus="samdks"))
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ planning and input
 def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
     cells = plan(spec(dataset, tmp_path / "out", methods=["selftrain", "full", "samdsk student.epochs=2"]))
