@@ -116,6 +116,8 @@ class PseudoLabeler:
         ignore_label: the dataset's ignore label.
         seed: for prompt jitter and perturbations.
         adapt_settings: keyword arguments of :func:`semisam.teacher.adapt.adapt_teacher`.
+        shared_adapt_dir: a folder of adaptations shared by runs, by fingerprint (see
+            :func:`semisam.teacher.adapt.adapt_or_load`); None: each run adapts for itself.
     """
 
     def __init__(self, teacher, *, intensity, prompts: PromptSettings, filters: FilterSettings, ignore_label: int,
