@@ -73,7 +73,7 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
 
     from semisam.config import from_dict
     from semisam.data import RawDataset
-    from semisam.eval.metrics import pooled_dice
+    from semisam.eval.metrics import PooledDice
     from semisam.loop.experiment import split_cases
     from semisam.student.driver import load_probabilities
     from semisam.teacher.pipeline import PseudoLabeler, build_pseudolabeler
@@ -96,7 +96,8 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     labelers = {name: PseudoLabeler(base.teacher, intensity=base.intensity, prompts=p, filters=f,
                                     ignore_label=ignore, seed=cfg.seed) for name, (p, f, _) in todo.items()}
     probs_dir = run_dir / "round_00" / "pred_unlabeled"
-    acc: dict[str, dict[str, list]] = {name: {"all": [], "student": [], "kept": [], "sam": []} for name in todo}
+    # running sums per rule (PooledDice keeps counts only: no case's maps outlive its loop iteration)
+    acc = {name: {k: PooledDice(fg, ignore) for k in ("all", "student", "kept", "sam")} for name in todo}
     counts = {name: dict(accepted=0, cases=0, kept_px=0, px=0, fg=0, missed=0, student_missed=0) for name in todo}
     for case in cases.unlabeled:
         hidden_file = ds.hidden_label_file(case.case_id)
@@ -111,14 +112,14 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
             a, c = acc[name], counts[name]
             keep = res.pseudo != ignore
             effective = np.where(keep, res.pseudo, res.student) if res.accepted else res.student
-            a["all"].append((effective, hidden))
-            a["student"].append((res.student, hidden))
+            a["all"].add(effective, hidden)
+            a["student"].add(res.student, hidden)
             if res.teacher is not None:
-                a["sam"].append((res.teacher, hidden))
+                a["sam"].add(res.teacher, hidden)
             c["cases"] += 1
             if res.accepted:
                 c["accepted"] += 1
-                a["kept"].append((np.where(keep, res.pseudo, ignore), np.where(keep, hidden, ignore)))
+                a["kept"].add(res.pseudo, hidden, keep)
                 c["kept_px"] += int(keep.sum())
                 c["px"] += keep.size
                 c["fg"] += int(true_fg.sum())
@@ -127,16 +128,12 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     out = dict(done)
     for name in todo:
         a, c = acc[name], counts[name]
-
-        def pooled(items):
-            return pooled_dice(items, fg, ignore) if items else None
-
-        out[name] = {"dice_all": pooled(a["all"]), "student": pooled(a["student"]), "kept_dice": pooled(a["kept"]),
+        out[name] = {"dice_all": a["all"].value(), "student": a["student"].value(), "kept_dice": a["kept"].value(),
                      "kept": c["kept_px"] / c["px"] if c["px"] else None,
                      "accept": c["accepted"] / c["cases"] if c["cases"] else None,
                      "missed": c["missed"] / c["fg"] if c["fg"] else None,
                      "student_missed": c["student_missed"] / c["fg"] if c["fg"] else None,
-                     "sam": pooled(a["sam"]), "n_cases": c["cases"]}
+                     "sam": a["sam"].value(), "n_cases": c["cases"]}
     return out
 
 
