@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def recipes_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--recipes", type=Path, default=None,
-                        help="recipe folder (default: $SEMISAM_RECIPES or the repository's recipes/)")
+                        help="your recipe folder, searched before semisam's own recipes: its files add options "
+                             "(experiment/mine.yaml) or replace ours of the same name (default: $SEMISAM_RECIPES)")
 
     r = sub.add_parser("run", help="run an experiment recipe (Hydra overrides: key=value)")
     recipes_arg(r)

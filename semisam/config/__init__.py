@@ -4,7 +4,16 @@
 one-line :class:`~semisam.utils.errors.SemisamError`. Configs stop at the builders: code below them takes
 scalars and tensors.
 """
-from semisam.config.compose import compose, config_error_line, from_dict, list_options, recipes_dir, to_dict, to_yaml
+from semisam.config.compose import (
+    builtin_recipes_dir,
+    compose,
+    config_error_line,
+    from_dict,
+    list_options,
+    recipes_dir,
+    to_dict,
+    to_yaml,
+)
 from semisam.config.schema import (
     AdaptConfig,
     DatasetConfig,
@@ -30,6 +39,7 @@ __all__ = [
     "RunConfig",
     "StudentConfig",
     "TeacherConfig",
+    "builtin_recipes_dir",
     "compose",
     "config_error_line",
     "from_dict",

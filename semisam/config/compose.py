@@ -9,8 +9,11 @@ option, an unparsable override, a missing required value, a value out of range) 
 :class:`~semisam.utils.errors.SemisamError` line that names the dotted key and, where one is close, the
 valid key or option the user probably meant. Entry points catch ``SemisamError`` only.
 
-The recipes folder is, in order: the ``config_dir`` argument, the ``SEMISAM_RECIPES`` environment
-variable, or ``recipes/`` beside the ``semisam`` package in the repository.
+Where recipes are found: semisam's own recipes (:func:`builtin_recipes_dir`: ``semisam/recipes`` inside an
+installed wheel, mapped there at build time from the repository's top-level ``recipes/``, which an editable
+checkout reads directly), searched after a user's folder when one is given (``config_dir``, i.e. ``--recipes
+DIR``, else the ``SEMISAM_RECIPES`` environment variable). A user's file replaces ours of the same name
+(``filters/agree.yaml``, even ``config.yaml``); a new one (``experiment/mine.yaml``) adds an option.
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ __all__ = [
     "compose",
     "config_error_line",
     "from_dict",
+    "builtin_recipes_dir",
     "list_options",
+    "recipe_folders",
     "recipes_dir",
     "to_dict",
     "to_yaml",
@@ -51,34 +56,56 @@ __all__ = [
 
 CONFIG_NAME = "config"
 ENV_RECIPES = "SEMISAM_RECIPES"
-_DEFAULT_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_WHEEL_RECIPES = _PACKAGE_DIR / "recipes"  # an installed wheel: semisam/recipes (see setup.py)
+_CHECKOUT_RECIPES = _PACKAGE_DIR.parent / "recipes"  # an editable checkout: the repository's recipes/
+
+
+def builtin_recipes_dir() -> Path:
+    """semisam's own recipes: ``semisam/recipes`` of an installed wheel, else the checkout's ``recipes/``.
+
+    Raises:
+        SemisamError: neither holds ``config.yaml`` (a broken install).
+    """
+    for path in (_WHEEL_RECIPES, _CHECKOUT_RECIPES):
+        if (path / f"{CONFIG_NAME}.yaml").is_file():
+            return path
+    raise SemisamError(f"semisam's recipes are missing (no {CONFIG_NAME}.yaml in {_WHEEL_RECIPES} or "
+                       f"{_CHECKOUT_RECIPES}); reinstall semisam")
 
 
 def recipes_dir(config_dir: str | os.PathLike | None = None) -> Path:
-    """The recipes folder: ``config_dir``, else ``$SEMISAM_RECIPES``, else the repository's ``recipes/``.
+    """The user's recipe folder (``config_dir``, else ``$SEMISAM_RECIPES``) if one is given, else semisam's own.
 
     Raises:
-        SemisamError: the folder has no ``config.yaml``.
+        SemisamError: the given folder does not exist.
     """
-    chosen = config_dir or os.environ.get(ENV_RECIPES) or _DEFAULT_RECIPES
+    chosen = config_dir or os.environ.get(ENV_RECIPES)
+    if not chosen:
+        return builtin_recipes_dir()
     path = Path(chosen).expanduser().resolve()
-    if not (path / f"{CONFIG_NAME}.yaml").is_file():
-        raise SemisamError(
-            f"no {CONFIG_NAME}.yaml in recipes folder {path}; pass the folder that holds semisam's recipes "
-            f"(--recipes DIR or {ENV_RECIPES}=DIR)"
-        )
+    if not path.is_dir():
+        raise SemisamError(f"recipes folder {path} does not exist (from "
+                           f"{'--recipes' if config_dir else ENV_RECIPES}); pass a folder of recipe files, "
+                           f"e.g. one holding experiment/mine.yaml")
     return path
 
 
+def recipe_folders(config_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders searched for recipe files, first match wins: the user's folder (if any), then semisam's."""
+    builtin = builtin_recipes_dir()
+    user = recipes_dir(config_dir)
+    return [builtin] if user == builtin else [user, builtin]
+
+
 def list_options(config_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
-    """Config group → its option names (YAML files, nested folders as ``a/b``), read from the recipes folder."""
-    root = recipes_dir(config_dir)
-    options: dict[str, list[str]] = {}
-    for group in [*GROUPS, "experiment"]:
-        folder = root / group
-        names = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
-        options[group] = names
-    return options
+    """Config group → its option names (YAML files, nested folders as ``a/b``) in the user's folder and ours."""
+    options: dict[str, set[str]] = {group: set() for group in [*GROUPS, "experiment"]}
+    for root in recipe_folders(config_dir):
+        for group, names in options.items():
+            folder = root / group
+            names.update(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+    return {group: sorted(names) for group, names in options.items()}
 
 
 def compose(overrides: Sequence[str] = (), config_dir: str | os.PathLike | None = None) -> RunConfig:
@@ -86,7 +113,7 @@ def compose(overrides: Sequence[str] = (), config_dir: str | os.PathLike | None 
 
     Args:
         overrides: Hydra overrides, e.g. ``["experiment=smoke", "dataset.raw_dir=/data/Dataset042_X"]``.
-        config_dir: the recipes folder (see :func:`recipes_dir`).
+        config_dir: the user's recipe folder, searched before semisam's own (see :func:`recipes_dir`).
 
     Returns:
         A :class:`RunConfig` with every interpolation resolved; ``experiment`` is the chosen experiment
@@ -95,12 +122,13 @@ def compose(overrides: Sequence[str] = (), config_dir: str | os.PathLike | None 
     Raises:
         SemisamError: one line naming the offending key or override and, where one is close, a suggestion.
     """
-    root = recipes_dir(config_dir)
+    folders = recipe_folders(config_dir)
+    root = folders[0]
     overrides = [str(o) for o in overrides]
     _check_override_syntax(overrides)
     register_schemas()
     try:
-        with _fresh_hydra(root):
+        with _fresh_hydra(folders):
             from hydra import compose as hydra_compose
 
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides, return_hydra_config=True)
@@ -319,16 +347,30 @@ def _check_override_syntax(overrides: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _fresh_hydra(config_dir: Path) -> Iterator[None]:
-    """Initialise Hydra on ``config_dir``; restore whatever global Hydra state existed before."""
-    from hydra import initialize_config_dir
+def _fresh_hydra(folders: Sequence[Path]) -> Iterator[None]:
+    """Initialise Hydra on ``folders`` (first match wins); restore whatever global Hydra state existed before.
+
+    ``initialize_config_dir`` takes one folder, and ``hydra.searchpath`` appends folders *after* it (and
+    cannot hold the primary config), so the search path is built here as ``initialize_config_dir`` builds
+    it, with the user's folders put before semisam's (Hydra 1.3's ``create_config_search_path``).
+    """
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.singleton import Singleton
 
+    *users, ours = folders
+    search_path = create_config_search_path(f"file://{ours}")
+    for folder in users:
+        search_path.prepend("semisam-user", f"file://{folder}", anchor=SearchPathQuery(provider="main"))
     previous = Singleton._instances.pop(GlobalHydra, None)  # e.g. inside an @hydra.main app
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            yield
+        version.setbase("1.3")
+        Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
+        yield
     finally:
+        Singleton._instances.pop(GlobalHydra, None)
         if previous is not None:
             Singleton._instances[GlobalHydra] = previous

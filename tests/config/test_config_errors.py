@@ -128,7 +128,7 @@ def test_recipes_folder_from_env(tmp_path: Path, monkeypatch):
     cfg = compose(["experiment=mine"])
     assert cfg.seed == 123 and cfg.experiment == "mine"
     monkeypatch.setenv("SEMISAM_RECIPES", str(tmp_path / "nowhere"))
-    assert "no config.yaml" in _error([])
+    assert "nowhere does not exist (from SEMISAM_RECIPES)" in _error([])
 
 
 def test_unreadable_recipe_file_is_one_line(tmp_path: Path):
