@@ -33,6 +33,10 @@ BUILTIN: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+#: semisam's online recipes (``experiment=<name>``): one student, no rounds (see :attr:`Method.no_rounds`)
+ONLINE_RECIPES = tuple(f"experiment={name}" for name in ("mean_teacher", "weak_strong", "semisam"))
+
+
 @dataclass(frozen=True)
 class Method:
     """One compared method.
@@ -53,8 +57,9 @@ class Method:
 
     @property
     def no_rounds(self) -> bool:
-        """Supervised-style methods: forced to round 0 only, whatever the common overrides say."""
-        return self.label in (SUPERVISED, FULL)
+        """Supervised-style and online methods: forced to round 0 only, whatever the common overrides say (an
+        online method trains one student with its unlabeled batches; it has no rounds)."""
+        return self.label in (SUPERVISED, FULL) or any(o in ONLINE_RECIPES for o in self.overrides)
 
 
 def slugify(label: str) -> str:

@@ -27,6 +27,8 @@ __all__ = [
     "IntensityConfig",
     "LoggerConfig",
     "LoopConfig",
+    "OnlineConfig",
+    "WeightSchedule",
     "PromptsConfig",
     "RunConfig",
     "StudentConfig",
@@ -219,6 +221,51 @@ class LoopConfig:
 
 
 @dataclass
+class WeightSchedule:
+    """A loss weight λ(t) over training, t = the fraction of training done (epoch + iteration, over all epochs).
+
+    λ is 0 before ``start``, rises with the sigmoid ramp exp(-5 (1 - x)²) over the next ``ramp_up``, holds
+    ``weight``, and falls to 0 with a cosine over the last ``ramp_down`` of training. ``ramp_up`` = ``ramp_down``
+    = 0: a constant weight from ``start``. ``start + ramp_up + ramp_down`` must not exceed 1.
+    """
+
+    weight: float = bounded(0.0, 0.0)  # 0: the term is off
+    start: float = prob(0.0)
+    ramp_up: float = prob(0.0)
+    ramp_down: float = prob(0.0)
+
+
+@dataclass
+class OnlineConfig:
+    """Online semi-supervised training inside nnU-Net's trainer (``nnUNetTrainerSemiSAM``): each iteration
+    adds an unlabeled batch with a consistency term and/or a SAM term beside nnU-Net's supervised loss.
+
+    ``consistency=none`` and ``sam.weight=0``: nnU-Net's supervised training, unchanged (rounds use this).
+    """
+
+    # mean_teacher: MSE between the student's and the EMA teacher's softmax (teacher input with Gaussian noise);
+    # weak_strong: the teacher's confident pixels on nnU-Net's augmented (weak) view supervise a strongly
+    # augmented view of the same patch (intensity jitter, blur, noise, CutMix) with CE + Dice
+    consistency: str = choice("none", "none", "mean_teacher", "weak_strong")
+    consistency_weight: WeightSchedule = field(default_factory=WeightSchedule)
+    # CE + Dice toward SAM's pseudo-labels of the unlabeled cases (prompted from the EMA teacher's predictions,
+    # through the recipe's prompts and filters; ignore where the filters reject); 0: off
+    sam_weight: WeightSchedule = field(default_factory=WeightSchedule)
+    sam_refresh_every: int = bounded(1, 1)  # epochs between refreshes of SAM's pseudo-labels
+    ema_decay: float = bounded(0.99, 0.0, 0.99999)
+    teacher_noise: float = bounded(0.1, 0.0)  # mean_teacher: std of the noise on the teacher's input
+    confidence: float = prob(0.95)  # weak_strong: teacher confidence from which a pixel supervises
+    weak_teacher: str = choice("ema", "ema", "student")  # weak_strong: who labels the weak view
+    # weak_strong's strong view (on the patch after nnU-Net's spatial transforms, so geometry stays aligned)
+    strong_brightness: float = bounded(0.3, 0.0)  # additive shift, in units of the normalised intensity
+    strong_contrast: float = prob(0.3)  # multiplicative factor in [1 - c, 1 + c] around the patch mean
+    strong_blur: float = prob(0.5)  # probability of a Gaussian blur (sigma 0.5-1.5 px)
+    strong_noise: float = bounded(0.1, 0.0)  # std of additive Gaussian noise (upper bound, drawn per sample)
+    cutmix: float = prob(0.5)  # probability that a sample gets a box of another sample (and its targets)
+    unlabeled_batch_size: Optional[int] = bounded(None, 1)  # None: the labeled batch size
+
+
+@dataclass
 class LoggerConfig:
     """Weights & Biases (offline by default) and local logs."""
 
@@ -246,6 +293,7 @@ class RunConfig:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -257,6 +305,7 @@ GROUPS: dict[str, type] = {
     "prompts": PromptsConfig,
     "filters": FiltersConfig,
     "loop": LoopConfig,
+    "online": OnlineConfig,
     "logger": LoggerConfig,
 }
 

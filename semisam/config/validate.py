@@ -119,4 +119,30 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"teacher.name=none cannot produce filters.fusion={cfg.filters.fusion!r} pseudo-labels; "
             "use filters=student (self-training) or choose a teacher"
         )
+    _validate_online(cfg)
     return cfg
+
+
+def _validate_online(cfg: RunConfig) -> None:
+    """Online training (``online.*``): schedules that fit in training, a SAM term that has a teacher, and no
+    mixing with rounds (an online student is its own method)."""
+    o = cfg.online
+    for name in ("consistency_weight", "sam_weight"):
+        sched = getattr(o, name)
+        total = sched.start + sched.ramp_up + sched.ramp_down
+        if total > 1 + 1e-9:
+            raise SemisamError(f"online.{name}: start + ramp_up + ramp_down = {total:g} exceeds 1 (they are "
+                               "fractions of the whole training); shorten the ramps")
+    if o.consistency != "none" and o.consistency_weight.weight == 0:
+        raise SemisamError(f"online.consistency={o.consistency} with online.consistency_weight.weight=0 adds "
+                           "nothing; set a weight > 0 or online.consistency=none")
+    if o.consistency == "none" and o.consistency_weight.weight > 0:
+        raise SemisamError("online.consistency_weight.weight > 0 needs a consistency kind; set "
+                           "online.consistency=mean_teacher or weak_strong")
+    if o.sam_weight.weight > 0 and cfg.teacher.name == "none":
+        raise SemisamError("online.sam_weight.weight > 0 needs a SAM teacher; pick one (teacher=litemedsam) or set "
+                           "online.sam_weight.weight=0")
+    online = o.consistency != "none" or o.sam_weight.weight > 0
+    if online and cfg.loop.max_rounds > 0:
+        raise SemisamError("online training (online.*) and pseudo-label rounds (loop.max_rounds > 0) are separate "
+                           "methods; set loop.max_rounds=0 or online=none")

@@ -50,6 +50,13 @@ class Experiment:
         return NnUNetStudent(work_dir or self.round_dir(r) / "nnunet", device=self.cfg.device,
                              n_proc_da=self.cfg.student.num_processes_da)
 
+    @property
+    def online(self) -> bool:
+        """Whether round 0 trains online (``online.*``: unlabeled batches inside nnU-Net's trainer)."""
+        from semisam.online.settings import OnlineSettings
+
+        return OnlineSettings.from_mapping(to_dict(self.cfg)["online"]).enabled
+
     def finetunes(self, r: int) -> bool:
         """Whether round ``r`` ends with a fine-tune on the labeled cases only (``loop.final_finetune_epochs``)."""
         return r > 0 and self.cfg.loop.final_finetune_epochs > 0
@@ -154,14 +161,21 @@ class Experiment:
         by_id = {c.case_id: c for c in self.cases.unlabeled}
         cases += [CaseData(cid, image=tuple(by_id[cid].image_files), label=Path(f)) for cid, f in sorted(accepted.items())]
         ids = [c.case_id for c in cases]
-        split = Split(labeled=tuple(ids), unlabeled=(), test=(), seed=self.cfg.seed, ratio=None)
+        unlabeled: tuple[str, ...] = ()
+        if r == 0 and self.online:  # images only: the online trainer takes imagesTr/ cases without a label
+            cases += [CaseData(c.case_id, image=tuple(c.image_files), label=None) for c in self.cases.unlabeled]
+            unlabeled = tuple(c.case_id for c in self.cases.unlabeled)
+        split = Split(labeled=tuple(ids), unlabeled=unlabeled, test=(), seed=self.cfg.seed, ratio=None)
         dj = self.dataset.dataset_json
         write_raw_dataset(out, name=self.dataset.name, cases=cases, labels=self.labels,
                           file_ending=self.dataset.file_ending, channel_names=dj["channel_names"], split=split,
                           description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled",
                           allow_ignore=True, link_files=True)
-        return {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted),
-                "labeled_share": share}
+        result = {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted),
+                  "labeled_share": share}
+        if unlabeled:
+            result["n_unlabeled_images"] = len(unlabeled)
+        return result
 
     def preprocess(self, r: int) -> dict:
         student = self.student(r)
@@ -202,6 +216,16 @@ class Experiment:
             init = str(self.checkpoint(self.round_model(r - 1)))
             epochs, lr = s.finetune_epochs or s.epochs, s.finetune_lr
         share = self.state.result(f"r{r}/dataset").get("labeled_share")
+        online = {}
+        if r == 0 and self.online:
+            o = self.cfg.online
+            terms = [f"{o.consistency} consistency"] if o.consistency != "none" else []
+            terms += ["SAM term"] if o.sam_weight.weight > 0 else []
+            say(f"round 0: online training with {' and '.join(terms)} on "
+                f"{len(self.cases.unlabeled)} unlabeled cases")
+            online = dict(recipe=str(self.run_dir / "config.yaml"),
+                          teacher_cache_dir=self.cfg.teacher.cache_dir or str(self.run_dir / "cache" / "embeddings"),
+                          epoch_callback=self.tracker.log_training_epoch)
         say(f"round {r}: training the student ({epochs} epochs × {s.iterations_per_epoch} iterations, lr {lr}"
             f"{', fine-tuned from round ' + str(r - 1) if init else ''}"
             f"{f', labeled cases drawn for {share:.0%} of the samples' if share else ''}, seed {self.cfg.seed})")
@@ -210,7 +234,7 @@ class Experiment:
                                       val_iterations_per_epoch=s.val_iterations_per_epoch,
                                       initial_lr=lr, batch_size=s.batch_size, init_checkpoint=init,
                                       seed=self.cfg.seed, labeled_cases=[c.case_id for c in self.cases.train],
-                                      labeled_share=share)
+                                      labeled_share=share, **online)
         return {"model": str(model), "seed": self.cfg.seed}
 
     def finetune(self, r: int) -> dict:

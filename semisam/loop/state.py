@@ -88,7 +88,12 @@ def round0_fingerprint(config: dict[str, Any]) -> str:
     dataset["identity"] = _dataset_id(dataset["raw_dir"])
     student = {k: v for k, v in config["student"].items() if f"student.{k}" not in NOT_RESULTS + AFTER_ROUND0}
     student["init"] = "scratch"  # round 0 trains from scratch whatever later rounds do (see AFTER_ROUND0)
-    return _hash({"dataset": dataset, "student": student, "seed": config["seed"]})
+    payload = {"dataset": dataset, "student": student, "seed": config["seed"]}
+    if _online_on(_flatten({"online": config.get("online", {})})):  # an online student is another round 0
+        payload["online"] = config["online"]
+        payload["teacher"] = {k: v for k, v in config["teacher"].items() if f"teacher.{k}" not in NOT_RESULTS}
+        payload["prompts"], payload["filters"] = config["prompts"], config["filters"]
+    return _hash(payload)
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +167,20 @@ ADDED_KEYS: dict[str, Any] = {
     # used only when rounds fine-tune (before, they restarted at student.initial_lr for student.epochs)
     "student.finetune_lr": lambda now: now.get("student.init") != "finetune",
     "student.finetune_epochs": lambda now: now.get("student.init") != "finetune",
+    # online training (unlabeled batches inside nnU-Net's trainer): without it, the training is what it was
+    **{f"online.{k}": (lambda now: not _online_on(now))
+       for k in ("consistency", "sam_refresh_every", "ema_decay", "teacher_noise", "confidence", "weak_teacher",
+                 "strong_brightness", "strong_contrast", "strong_blur", "strong_noise", "cutmix",
+                 "unlabeled_batch_size")},
+    **{f"online.{w}.{k}": (lambda now: not _online_on(now))
+       for w in ("consistency_weight", "sam_weight") for k in ("weight", "start", "ramp_up", "ramp_down")},
 }
+
+
+def _online_on(values: dict[str, Any]) -> bool:
+    """Whether a flattened recipe trains online (a consistency kind with a weight, or a SAM term)."""
+    return ((values.get("online.consistency", "none") != "none" and values.get("online.consistency_weight.weight", 0) > 0)
+            or values.get("online.sam_weight.weight", 0) > 0)
 
 
 def _added_at_default(key: str, before: dict[str, Any], now: dict[str, Any]) -> bool:

@@ -54,7 +54,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 # the module (not the class of the same name): get_dataloaders looks NonDetMultiThreadedAugmenter and
 # nnUNetDataLoader up in it
@@ -62,6 +64,8 @@ _nnunet_trainer_module = importlib.import_module("nnunetv2.training.nnUNetTraine
 
 #: Environment variable naming a JSON file of :class:`TrainerOverrides` keys.
 CONFIG_ENV_VAR = "SEMISAM_TRAINER_CONFIG"
+#: The settings file looked up in the raw dataset folder when ``$SEMISAM_TRAINER_CONFIG`` is not set.
+SETTINGS_FILE = "semisam_trainer.json"
 
 
 def _error(message: str) -> Exception:
@@ -88,6 +92,12 @@ class TrainerOverrides:
         labeled_cases: identifiers of the labeled cases of the training set (the others are pseudo-labeled).
         labeled_share: the share of training samples drawn from ``labeled_cases``, in ``[0, 1)``; the other
             cases share the rest. 0 or None: nnU-Net's uniform sampling. Needs ``labeled_cases``.
+        recipe: the semisam recipe whose ``online.*`` (and, with a SAM term, ``teacher.*``, ``prompts.*``,
+            ``filters.*``) the trainer follows: a resolved recipe file (``config.yaml`` of a run, or what
+            ``semisam run ... --cfg`` prints), or a list of recipe overrides (``["experiment=semisam"]``) composed
+            with ``dataset.raw_dir`` set to the trained dataset's raw folder. None: no online terms.
+        teacher_cache_dir: the SAM embedding cache of the SAM term (None: the recipe's ``teacher.cache_dir``, else
+            ``semisam_cache/embeddings`` in the preprocessed dataset folder).
     """
 
     num_epochs: int | None = None
@@ -99,6 +109,8 @@ class TrainerOverrides:
     seed: int | None = None
     labeled_cases: Sequence[str] | None = None
     labeled_share: float | None = None
+    recipe: str | Sequence[str] | None = None
+    teacher_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "batch_size"):
@@ -125,6 +137,19 @@ class TrainerOverrides:
             raise _error(f"trainer override labeled_share must be a number in [0, 1), got {share!r}")
         if share and cases is None:
             raise _error("trainer override labeled_share needs labeled_cases (the labeled case identifiers)")
+        recipe = self.recipe
+        if recipe is not None:
+            if isinstance(recipe, os.PathLike):
+                recipe = str(recipe)
+            if isinstance(recipe, (list, tuple)):
+                if not all(isinstance(o, str) for o in recipe):
+                    raise _error(f"trainer override recipe must be a recipe file or a list of overrides, got {recipe!r:.80}")
+                recipe = tuple(recipe)
+            elif not isinstance(recipe, str) or not recipe.strip():
+                raise _error(f"trainer override recipe must be a recipe file or a list of overrides, got {recipe!r:.80}")
+            object.__setattr__(self, "recipe", recipe)
+        if self.teacher_cache_dir is not None:
+            object.__setattr__(self, "teacher_cache_dir", str(self.teacher_cache_dir))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "trainer overrides") -> "TrainerOverrides":
@@ -149,10 +174,20 @@ class TrainerOverrides:
         return cls.from_mapping(values, source=str(path))
 
     @classmethod
-    def from_env(cls) -> "TrainerOverrides":
-        """Overrides from ``$SEMISAM_TRAINER_CONFIG``; none if it is unset or empty."""
+    def from_env(cls, dataset_name: str | None = None) -> "TrainerOverrides":
+        """The trainer's settings file: ``$SEMISAM_TRAINER_CONFIG`` when set, else ``semisam_trainer.json`` in
+        the dataset's raw folder (``$nnUNet_raw/<dataset_name>/``) when it exists, else none. A relative
+        ``recipe`` file in it is relative to the settings file."""
         path = os.environ.get(CONFIG_ENV_VAR)
-        return cls.from_json(path) if path else cls()
+        if not path and dataset_name and os.environ.get("nnUNet_raw"):
+            found = Path(os.environ["nnUNet_raw"]) / dataset_name / SETTINGS_FILE
+            path = str(found) if found.is_file() else None
+        if not path:
+            return cls()
+        overrides = cls.from_json(path)
+        if isinstance(overrides.recipe, str) and not os.path.isabs(overrides.recipe):
+            object.__setattr__(overrides, "recipe", str(Path(path).parent / overrides.recipe))
+        return overrides
 
     def write_json(self, path: str | os.PathLike) -> Path:
         """Write the set values as JSON (atomically), for ``SEMISAM_TRAINER_CONFIG``."""
@@ -164,7 +199,10 @@ class TrainerOverrides:
 
 class nnUNetTrainerSemiSAM(nnUNetTrainer):
     """nnU-Net's trainer whose length, learning rate, batch size, initial weights, seed and labeled share of the
-    sampled cases come from the recipe."""
+    sampled cases come from the recipe — and, with the recipe's ``online.*``, online semi-supervised training:
+    each iteration also draws a batch of unlabeled cases through nnU-Net's own loader and augmentation, and adds
+    λ_c(t) · consistency (mean teacher or weak→strong) + λ_s(t) · SAM term to nnU-Net's supervised loss (see
+    docs/architecture.md, "Online training"). Without online terms it is nnU-Net's training step unchanged."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -175,13 +213,26 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self.semisam_seed: int | None = None
         self.semisam_labeled_cases: tuple[str, ...] | None = None
         self.semisam_labeled_share: float | None = None
-        self.apply_overrides(TrainerOverrides.from_env())
+        self.semisam_recipe = None  # the composed RunConfig of the online recipe (None: no online terms)
+        self.semisam_teacher_cache_dir: str | None = None
+        self.semisam_online = None  # semisam.online.settings.OnlineSettings
+        #: called with each epoch's record (a dict of scalars) as training goes: the live W&B curves
+        self.semisam_epoch_callback: Callable[[dict], None] | None = None
+        self.semisam_history: list[dict] = []
+        self.ema = None
+        self.dataloader_unlabeled = None
+        self._sam = None  # semisam.online.sam_term.SamRefresher
+        self._sam_store_epoch: int | None = None
+        self._refresh_stats: dict = {}
+        self._resumed_store_epoch: int | None = None
+        self.apply_overrides(TrainerOverrides.from_env(plans.get("dataset_name")))
 
     def apply_overrides(self, overrides: TrainerOverrides) -> None:
         """Set the non-``None`` recipe values; call before training starts (before ``initialize``).
 
         Raises:
-            SemisamError: the trainer is already initialised (optimizer and loaders were built).
+            SemisamError: the trainer is already initialised (optimizer and loaders were built), or the recipe
+                cannot be composed or read.
         """
         if self.was_initialized:
             raise _error("trainer overrides must be applied before the trainer is initialised")
@@ -199,6 +250,20 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             self.semisam_labeled_cases = overrides.labeled_cases
         if overrides.labeled_share is not None:
             self.semisam_labeled_share = overrides.labeled_share
+        if overrides.teacher_cache_dir is not None:
+            self.semisam_teacher_cache_dir = overrides.teacher_cache_dir
+        if overrides.recipe is not None:
+            from semisam.online.settings import OnlineSettings
+
+            self.semisam_recipe = load_recipe(overrides.recipe, self.plans_manager.dataset_name)
+            from semisam.config import to_dict
+
+            self.semisam_online = OnlineSettings.from_mapping(to_dict(self.semisam_recipe)["online"])
+
+    @property
+    def online(self) -> bool:
+        """Whether this training draws unlabeled batches (the recipe has a consistency or SAM term)."""
+        return self.semisam_online is not None and self.semisam_online.enabled
 
     def initialize(self) -> None:
         if self.semisam_batch_size is not None:
@@ -214,17 +279,314 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             f"(+{self.num_val_iterations_per_epoch} val), lr {self.initial_lr}, batch {self.batch_size}, "
             f"seed {self.semisam_seed}"
         )
+        if self.online:
+            self._initialize_online()
 
+    # ------------------------------------------------------------------------------------------ online
+    @property
+    def no_label(self) -> int:
+        """The value of 'no target here' in unlabeled targets: the dataset's ignore label, else one past the
+        last class."""
+        lm = self.label_manager
+        return int(lm.ignore_label) if lm.has_ignore_label else int(lm.num_segmentation_heads)
+
+    def _initialize_online(self) -> None:
+        from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+        from semisam.online.terms import EmaTeacher, StrongView
+
+        o = self.semisam_online
+        if self.label_manager.has_regions:
+            raise _error("online training supports label datasets, not region-based ones (dataset.json 'regions_class_order')")
+        self.unlabeled_loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
+                                              "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
+                                             ignore_label=self.no_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if o.needs_ema:
+            self.ema = EmaTeacher(self.network, o.ema_decay)
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(self.semisam_seed, SEED_STREAM_STRONG) if self.semisam_seed is not None
+                              else int(torch.randint(0, 2**31 - 1, (1,))))
+        self.strong_view = StrongView(o.strong_brightness, o.strong_contrast, o.strong_blur, o.strong_noise,
+                                      o.cutmix, generator)
+        self.print_to_log_file(f"semisam online: {o.to_dict()}")
+
+    def _build_unlabeled_loader(self, captured: list) -> None:
+        """The unlabeled folder (preprocessed here; kept on continuation) and its loader: nnU-Net's training
+        loader's patch sizes and transforms, random patches, the unlabeled batch size."""
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+        from semisam.online.unlabeled import (prepare_unlabeled, store_cases, store_epoch, unlabeled_folder,
+                                              unlabeled_images, unlabeled_loader_class)
+
+        raw_root = os.environ.get("nnUNet_raw") or ""
+        raw = Path(raw_root) / self.plans_manager.dataset_name
+        images = unlabeled_images(raw, self.dataset_json)
+        folder = unlabeled_folder(self.preprocessed_dataset_folder)
+        continuing = self.current_epoch > 0 and store_cases(folder) == sorted(images)
+        if not continuing:
+            self.print_to_log_file(f"semisam: preprocessing {len(images)} unlabeled cases from {raw / 'imagesTr'}")
+            prepare_unlabeled(images, folder, self.plans_manager, self.configuration_manager, self.dataset_json,
+                              log=self.print_to_log_file)
+            self._sam_store_epoch = None
+        else:
+            on_disk = store_epoch(folder)
+            if on_disk != self._sam_store_epoch:  # refreshed after the checkpoint was written: redo now
+                self._resumed_store_epoch = on_disk
+                self._sam_store_epoch = None
+        self.unlabeled_folder = folder
+        self.unlabeled_cases = sorted(images)
+        args, kwargs = captured[0]
+        kwargs = dict(kwargs)
+        kwargs.update(oversample_foreground_percent=0.0, sampling_probabilities=None)
+        batch_size = self.semisam_online.unlabeled_batch_size or self.batch_size
+        loader = unlabeled_loader_class()(nnUNetDatasetBlosc2(str(folder), list(self.unlabeled_cases)), batch_size,
+                                          *args[2:], **kwargs)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            self.dataloader_unlabeled = SingleThreadedAugmenter(loader, None)
+        else:
+            self.dataloader_unlabeled = _nnunet_trainer_module.NonDetMultiThreadedAugmenter(
+                data_loader=loader, transform=None, num_processes=max(1, n_proc // 2), num_cached=max(3, n_proc // 2),
+                seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
+        self.print_to_log_file(f"semisam: {len(self.unlabeled_cases)} unlabeled cases, batch {batch_size}")
+
+    def _build_sam(self) -> None:
+        """The SAM teacher pipeline of the recipe, adapted on the labeled training cases when the recipe says so."""
+        from semisam.online.sam_term import SamRefresher
+        from semisam.teacher.pipeline import build_pseudolabeler
+
+        cfg = self.semisam_recipe
+        cache = (self.semisam_teacher_cache_dir or cfg.teacher.cache_dir
+                 or str(Path(self.preprocessed_dataset_folder_base) / "semisam_cache" / "embeddings"))
+        labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, cache_dir=cache)
+        a = cfg.teacher.adapt
+        if a.enabled and a.steps > 0:
+            dataset_tr, _ = self.get_tr_and_val_datasets()
+            pairs = []
+            for case in dataset_tr.identifiers:
+                data, seg, _, _ = dataset_tr.load_case(case)
+                seg = np.asarray(seg[0]).astype(np.int16)
+                pairs.append((np.asarray(data), np.where(seg < 0, 0, seg)))
+            info = labeler.adapt(pairs, self.label_manager.foreground_labels,
+                                 Path(self.output_folder) / "teacher_adapted.pt")
+            self.print_to_log_file(f"semisam: SAM adapted on {len(pairs)} labeled cases ({info})")
+        self._sam = SamRefresher(labeler, self.unlabeled_folder, self.unlabeled_cases, self.plans_manager,
+                                 self.configuration_manager, self.dataset_json, self.device,
+                                 log=self.print_to_log_file)
+
+    def _progress(self, iteration: int = 0) -> float:
+        """The fraction of training done at ``iteration`` of the current epoch."""
+        return (self.current_epoch + iteration / max(1, self.num_iterations_per_epoch)) / max(1, self.num_epochs)
+
+    def _sam_due(self) -> bool:
+        o = self.semisam_online
+        if self._sam is None or o.sam_weight((self.current_epoch + 1) / self.num_epochs) == 0:
+            return False
+        last = self._sam_store_epoch
+        return last is None or self.current_epoch - last >= o.sam_refresh_every
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.online and self.semisam_online.sam_weight.on:
+            self._build_sam()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._iteration = 0
+        self._refresh_stats = {}
+        if self.online and self._sam_due():
+            network = self.ema.module if self.ema is not None else self.network
+            if self._resumed_store_epoch is not None:
+                self.print_to_log_file(f"semisam: the pseudo-label store was refreshed at epoch "
+                                       f"{self._resumed_store_epoch}, after the checkpoint; refreshing it again")
+                self._resumed_store_epoch = None
+            self._refresh_stats = self._sam.refresh(network, self.current_epoch)
+            self._sam_store_epoch = self.current_epoch
+            self.print_to_log_file("semisam: SAM pseudo-labels refreshed: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in self._refresh_stats.items()))
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step; with online terms, the labeled and unlabeled batches go through the network together
+        and the weighted terms are added to the supervised loss."""
+        if not self.online:
+            return super().train_step(batch)
+        from semisam.online.terms import confident_targets, first, mean_teacher_loss
+        from semisam.online.unlabeled import UnlabeledBatch, decode_store
+
+        o = self.semisam_online
+        t = self._progress(getattr(self, "_iteration", 0))
+        self._iteration = getattr(self, "_iteration", 0) + 1
+        lam_c = o.consistency_weight(t) if o.consistency != "none" else 0.0
+        lam_s = o.sam_weight(t) if self._sam_store_epoch is not None else 0.0
+        if lam_c == 0 and lam_s == 0:
+            out = super().train_step(batch)
+            if self.ema is not None:
+                self.ema.update(self.network)
+            out.update(sup=out["loss"], consistency=np.nan, sam=np.nan, lambda_c=lam_c, lambda_s=lam_s,
+                       confident=np.nan, sam_pixels=np.nan)
+            return out
+
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [i.to(self.device, non_blocking=True) for i in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        unl = UnlabeledBatch.from_loader(next(self.dataloader_unlabeled))
+        xu = unl.data.to(self.device, non_blocking=True)
+        pseudo = decode_store(unl.pseudo[0].to(self.device, non_blocking=True), self.no_label)
+        stats = {"confident": np.nan, "sam_pixels": np.nan}
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
+            x_student = xu
+            teacher_logits = ws_target = None
+            if lam_c > 0 and o.consistency == "mean_teacher":
+                noise = torch.clamp(torch.randn_like(xu) * o.teacher_noise, -2 * o.teacher_noise, 2 * o.teacher_noise)
+                teacher_logits = self.ema(xu + noise)
+            elif lam_c > 0 and o.consistency == "weak_strong":
+                if self.ema is not None:
+                    weak_logits = self.ema(xu)
+                else:
+                    with torch.no_grad():
+                        weak_logits = first(self.network(xu)).detach()
+                ws_target, coverage = confident_targets(weak_logits, o.confidence, self.no_label)
+                stats["confident"] = float(coverage)
+                x_student, ws_target, pseudo = self.strong_view(xu, ws_target, pseudo)
+            output = self.network(torch.cat([data, x_student]))
+            n = data.shape[0]
+            out_labeled = [y[:n] for y in output] if isinstance(output, (list, tuple)) else output[:n]
+            out_unlabeled = first(output)[n:]
+            l_sup = self.loss(out_labeled, target)
+            total = l_sup
+            l_c = l_s = torch.zeros((), device=self.device)
+            if teacher_logits is not None:
+                l_c = mean_teacher_loss(out_unlabeled, teacher_logits)
+            elif ws_target is not None and bool((ws_target != self.no_label).any()):
+                l_c = self.unlabeled_loss(out_unlabeled, ws_target)
+            total = total + lam_c * l_c
+            if lam_s > 0:
+                has = pseudo != self.no_label
+                stats["sam_pixels"] = float(has.float().mean())
+                if bool(has.any()):
+                    l_s = self.unlabeled_loss(out_unlabeled, pseudo)
+                    total = total + lam_s * l_s
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.network)
+        return {"loss": total.detach().cpu().numpy(), "sup": float(l_sup.detach()), "consistency": float(l_c.detach()),
+                "sam": float(l_s.detach()), "lambda_c": lam_c, "lambda_s": lam_s, **stats}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        if not self.online:
+            return
+        record = {"epoch": self.current_epoch}
+        for key in ("sup", "consistency", "sam", "lambda_c", "lambda_s", "confident", "sam_pixels"):
+            values = np.array([float(o[key]) for o in train_outputs], dtype=float)
+            record[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
+        record.update({f"refresh_{k}": v for k, v in self._refresh_stats.items()})
+        self._epoch_record = record
+
+    def on_epoch_end(self):
+        record = dict(getattr(self, "_epoch_record", None) or {"epoch": self.current_epoch})
+        self._epoch_record = None
+        for key, name in (("train_losses", "loss"), ("val_losses", "val_loss"), ("mean_fg_dice", "pseudo_dice"),
+                          ("ema_fg_dice", "ema_pseudo_dice"), ("lrs", "lr")):
+            try:
+                record[name] = float(self.logger.get_value(key, step=-1))
+            except (IndexError, KeyError, TypeError, ValueError):
+                pass
+        self.semisam_history.append(record)
+        if self.online:
+            self.print_to_log_file("semisam: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                            if isinstance(v, (int, float)) and k != "epoch"))
+        if self.semisam_epoch_callback is not None:
+            self.semisam_epoch_callback(dict(record))
+        super().on_epoch_end()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.dataloader_unlabeled is not None and isinstance(self.dataloader_unlabeled,
+                                                                _nnunet_trainer_module.NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        self.dataloader_unlabeled = None
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus, under ``"semisam"``, the EMA teacher, the online settings, the epoch of the
+        pseudo-label store and the per-epoch records; written atomically (a temporary file renamed)."""
+        super().save_checkpoint(filename)
+        if self.local_rank != 0 or self.disable_checkpointing or not os.path.isfile(filename):
+            return
+        checkpoint = read_checkpoint(filename)
+        checkpoint["semisam"] = {
+            "online": None if self.semisam_online is None else self.semisam_online.to_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "sam_store_epoch": self._sam_store_epoch,
+            "history": self.semisam_history,
+        }
+        tmp = f"{filename}.tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's continuation (``--c``), after checking with a safe load (``weights_only=True``) that the
+        checkpoint is of this trainer family and network, and restoring the EMA teacher, the store's epoch and
+        the records.
+
+        Raises:
+            SemisamError: the checkpoint is of another trainer, another network, or other online settings.
+        """
+        if not self.was_initialized:
+            self.initialize()
+        if not isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            raise _error("nnUNetTrainerSemiSAM continues from a checkpoint file, not from a dict")
+        filename = str(filename_or_checkpoint)
+        checkpoint = read_checkpoint(filename)
+        name = checkpoint.get("trainer_name")
+        if name not in ("nnUNetTrainer", type(self).__name__):
+            raise _error(f"{filename} was written by trainer {name!r}; continue it with -tr {name}, or train "
+                         f"{type(self).__name__} from scratch")
+        check_weights_match(self.network, checkpoint["network_weights"], filename)
+        extra = checkpoint.get("semisam") or {}
+        saved_online = extra.get("online")
+        now = None if self.semisam_online is None else self.semisam_online.to_dict()
+        saved_on = saved_online is not None and _online_enabled(saved_online)
+        if saved_on != self.online or (self.online and saved_online != now):
+            raise _error(f"{filename} was trained with other online settings than this recipe's; continue with the "
+                         "recipe it was trained with, or start over without --c")
+        super().load_checkpoint(filename)
+        if self.ema is not None:
+            if extra.get("ema") is None:
+                raise _error(f"{filename} holds no EMA teacher; continue with the recipe it was trained with")
+            self.ema.load_state_dict(extra["ema"])
+        self._sam_store_epoch = extra.get("sam_store_epoch")
+        self.semisam_history = list(extra.get("history") or [])
+
+    # ------------------------------------------------------------------------------------------ data
     def get_dataloaders(self):
         """nnU-Net's loaders, built after seeding the global generators (and with seeded augmentation workers),
-        the training loader drawing the labeled cases with ``labeled_share`` (see the module docstring)."""
+        the training loader drawing the labeled cases with ``labeled_share`` (see the module docstring); with
+        online terms also the unlabeled loader (``self.dataloader_unlabeled``)."""
         with contextlib.ExitStack() as stack:
             if self.semisam_seed is not None:
                 seed_everything(derive_seed(self.semisam_seed, SEED_STREAM_DATA))
                 stack.enter_context(seeded_augmenter_workers(self.semisam_seed))
-            if self.semisam_labeled_share:
-                stack.enter_context(weighted_training_loader(self.training_sampling_probabilities))
-            return super().get_dataloaders()
+            captured: list = []
+            stack.enter_context(weighted_training_loader(
+                self.training_sampling_probabilities if self.semisam_labeled_share else None, captured))
+            loaders = super().get_dataloaders()
+            if self.online:
+                self._build_unlabeled_loader(captured)
+            return loaders
 
     def training_sampling_probabilities(self, identifiers: Sequence[str]) -> np.ndarray | None:
         """The training loader's ``sampling_probabilities`` for its cases (in loader order), logged; None
@@ -244,8 +606,62 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         return probs
 
 
+def _online_enabled(online: Mapping[str, Any]) -> bool:
+    from semisam.online.settings import OnlineSettings
+
+    return OnlineSettings.from_mapping(online).enabled
+
+
+def load_recipe(recipe: str | Sequence[str], dataset_name: str):
+    """The recipe of an online training: a resolved recipe file, or recipe overrides composed with
+    ``dataset.raw_dir`` set to ``$nnUNet_raw/<dataset_name>``.
+
+    Raises:
+        SemisamError: a missing or malformed file, or a recipe that does not compose.
+    """
+    from semisam.config import compose, from_dict
+
+    if isinstance(recipe, str):
+        import yaml
+
+        path = Path(recipe)
+        if not path.is_file():
+            raise _error(f"trainer recipe {path} does not exist; write one with `semisam run ... --cfg > FILE`")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise _error(f"trainer recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise _error(f"trainer recipe {path} must hold a recipe (a mapping of groups), got {type(values).__name__}")
+        return from_dict(values)
+    raw = Path(os.environ.get("nnUNet_raw") or ".") / dataset_name
+    overrides = list(recipe)
+    if not any(o.startswith("dataset.raw_dir=") for o in overrides):
+        overrides.append(f"dataset.raw_dir={raw}")
+    return compose(overrides)
+
+
+def check_weights_match(network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one line if ``state`` is not a state dict of ``network`` (keys or shapes differ)."""
+    module = network
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    module = getattr(module, "_orig_mod", module)
+    own = module.state_dict()
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or wrong:
+        first = (missing or extra or wrong)[0]
+        raise _error(
+            f"{source} holds weights of another network (e.g. {first!r} is missing, extra or shaped "
+            "differently); use a checkpoint of the same plans, configuration and labels"
+        )
+
+
 #: Streams of :func:`derive_seed` used by the trainer.
-SEED_STREAM_NETWORK, SEED_STREAM_DATA, SEED_STREAM_WORKERS = 0, 1, 2
+SEED_STREAM_NETWORK, SEED_STREAM_DATA, SEED_STREAM_WORKERS, SEED_STREAM_STRONG = 0, 1, 2, 3
 
 
 def derive_seed(seed: int, *stream: int) -> int:
@@ -301,16 +717,21 @@ def labeled_sampling_probabilities(identifiers: Sequence[str], labeled_cases: Se
 
 
 @contextlib.contextmanager
-def weighted_training_loader(probabilities_for: Callable[[Sequence[str]], np.ndarray | None]):
+def weighted_training_loader(probabilities_for: Callable[[Sequence[str]], np.ndarray | None] | None,
+                             captured: list | None = None):
     """Within the block, the first ``nnUNetDataLoader`` that nnU-Net's trainer builds (the training loader)
-    gets ``sampling_probabilities=probabilities_for(its case identifiers)`` when nnU-Net passes None; later
-    loaders (validation) are nnU-Net's. The loaders built are stock ``nnUNetDataLoader`` objects."""
+    gets ``sampling_probabilities=probabilities_for(its case identifiers)`` when nnU-Net passes None and
+    ``probabilities_for`` is given; later loaders (validation) are nnU-Net's. The loaders built are stock
+    ``nnUNetDataLoader`` objects. ``captured`` (a list) receives the ``(args, kwargs)`` of every loader built, so
+    that another loader can be built like the training loader."""
     original = _nnunet_trainer_module.nnUNetDataLoader
     built = itertools.count()
 
     def build_loader(data, *args, **kwargs):
-        if next(built) == 0 and kwargs.get("sampling_probabilities") is None:
+        if next(built) == 0 and probabilities_for is not None and kwargs.get("sampling_probabilities") is None:
             kwargs["sampling_probabilities"] = probabilities_for(list(data.identifiers))
+        if captured is not None:
+            captured.append(((data, *args), dict(kwargs)))
         return original(data, *args, **kwargs)
 
     _nnunet_trainer_module.nnUNetDataLoader = build_loader
@@ -330,21 +751,11 @@ def load_network_weights(network: torch.nn.Module, checkpoint_file: str | os.Pat
     if not checkpoint_file.is_file():
         raise _error(f"initial checkpoint {checkpoint_file} does not exist")
     state = read_checkpoint_weights(checkpoint_file, map_location="cpu")
+    check_weights_match(network, state, str(checkpoint_file))
     module = network
     if isinstance(module, torch.nn.parallel.DistributedDataParallel):
         module = module.module
-    module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or extra or wrong:
-        first = (missing or extra or wrong)[0]
-        raise _error(
-            f"{checkpoint_file} holds weights of another network (e.g. {first!r} is missing, extra or shaped "
-            "differently); fine-tune only from a checkpoint of the same plans, configuration and labels"
-        )
-    module.load_state_dict(state)
+    getattr(module, "_orig_mod", module).load_state_dict(state)
 
 
 def read_checkpoint(checkpoint_file: str | os.PathLike, map_location: Any = "cpu") -> dict:

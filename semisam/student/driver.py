@@ -140,7 +140,8 @@ class NnUNetStudent:
                       epochs: int, iterations_per_epoch: int, val_iterations_per_epoch: int,
                       initial_lr: float | None = None, batch_size: int | None = None,
                       init_checkpoint: str | os.PathLike | None = None, seed: int | None = None,
-                      labeled_cases: Sequence[str] | None = None, labeled_share: float | None = None):
+                      labeled_cases: Sequence[str] | None = None, labeled_share: float | None = None,
+                      recipe: str | Sequence[str] | None = None, teacher_cache_dir: str | None = None):
         """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
 
@@ -150,7 +151,8 @@ class NnUNetStudent:
                                      num_val_iterations_per_epoch=val_iterations_per_epoch,
                                      initial_lr=initial_lr, batch_size=batch_size,
                                      init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
-                                     seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share)
+                                     seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share,
+                                     recipe=recipe, teacher_cache_dir=teacher_cache_dir)
         pre = self.paths.preprocessed / self.dataset_name(dataset_id)
         plans_file = pre / f"{self.plans_identifier}.json"
         if not plans_file.is_file():
@@ -177,7 +179,8 @@ class NnUNetStudent:
               init_checkpoint: str | os.PathLike | None = None,
               results_dir: str | os.PathLike | None = None, validate: bool | None = None,
               seed: int | None = None, labeled_cases: Sequence[str] | None = None,
-              labeled_share: float | None = None) -> Path:
+              labeled_share: float | None = None, recipe: str | Sequence[str] | None = None,
+              teacher_cache_dir: str | None = None, epoch_callback=None) -> Path:
         """Train the student with nnU-Net's loop and the recipe's length.
 
         Args:
@@ -194,6 +197,9 @@ class NnUNetStudent:
             labeled_cases, labeled_share: draw the labeled cases (identifiers in the dataset) with total
                 probability ``labeled_share`` in ``[0, 1)`` and the other (pseudo-labeled) cases with the rest,
                 through nnU-Net's ``sampling_probabilities``; 0 or None: nnU-Net's uniform sampling.
+            recipe, teacher_cache_dir: online training (see :class:`TrainerOverrides`); the unlabeled cases are
+                the images of the dataset's ``imagesTr/`` without a label.
+            epoch_callback: called with each epoch's record as training goes (live monitoring).
 
         Returns:
             The model folder (``.../DatasetNNN_Name/nnUNetTrainerSemiSAM__<plans>__<configuration>``),
@@ -208,7 +214,9 @@ class NnUNetStudent:
                                          val_iterations_per_epoch=val_iterations_per_epoch,
                                          initial_lr=initial_lr, batch_size=batch_size,
                                          init_checkpoint=init_checkpoint, seed=seed,
-                                         labeled_cases=labeled_cases, labeled_share=labeled_share)
+                                         labeled_cases=labeled_cases, labeled_share=labeled_share,
+                                         recipe=recipe, teacher_cache_dir=teacher_cache_dir)
+            trainer.semisam_epoch_callback = epoch_callback
             trainer.run_training()
             if validate:
                 trainer.perform_actual_validation(save_probabilities=False)

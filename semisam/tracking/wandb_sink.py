@@ -426,6 +426,16 @@ class Tracker:
             self._log_overlays()
         return curves
 
+    def log_training_epoch(self, record: Mapping[str, Any]) -> None:
+        """Log one epoch of a training as it happens (the online trainer calls this at each epoch's end):
+        W&B gets ``train_live/<key>`` for each numeric value of ``record`` (losses per term, λ values,
+        confidence-mask coverage, pseudo-label refresh stats, nnU-Net's pseudo Dice and its EMA) and
+        ``train_live/epoch``."""
+        row = {f"train_live/{k}": _scalar(v) for k, v in record.items() if _scalar(v) is not None}
+        self._wandb_log(row)
+        if self.run is not None:
+            self.local.save()
+
     def _log_overlays(self) -> None:
         """Line-series charts overlaying every round's curve (x: epoch within the round)."""
         import wandb
