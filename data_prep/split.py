@@ -4,18 +4,53 @@ A new dataset folder is written (the source is never edited): every training ima
 ``imagesTr``; labels of the drawn labeled cases to ``labelsTr``, those of the other training cases to
 ``labelsHidden``; ``imagesTs`` / ``labelsTs`` are copied as they are. The source may itself be a semisam
 dataset, in which case its hidden labels count as labels (re-splitting).
+
+Grouped cases: when the source's dataset.json has ``"case_groups"`` (case id -> group id, e.g. ACDC's
+``patient001_ED`` and ``patient001_ES`` -> ``patient001``, written by ``data_prep acdc``), whole groups are
+drawn (:func:`make_group_split`): ``labeled`` / ``ratio`` count groups, and the cases of one group are all
+labeled or all unlabeled. The key is kept in the new dataset.json, so re-splitting keeps the grouping.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
-from semisam.data import CaseData, RawDataset, make_split, write_raw_dataset
+from semisam.data import CaseData, RawDataset, Split, make_split, write_raw_dataset
 from semisam.data.raw import _channel_files
 from semisam.utils.errors import SemisamError
 
 #: dataset.json keys that the writer sets itself; every other key of the source is kept.
 _MANAGED = {"channel_names", "labels", "numTraining", "file_ending", "dataset", "name", "description", "modality"}
+#: dataset.json key: case id -> group id; the cases of one group land on the same side of a split.
+GROUPS_KEY = "case_groups"
+
+
+def make_group_split(groups: Mapping[str, str], *, labeled: int | None = None, ratio: float | None = None,
+                     seed: int = 0, test=(), source: str | None = None, noun: str = "group") -> Split:
+    """Draw the labeled subset of the training cases by whole groups (e.g. both frames of one patient).
+
+    The group ids are drawn with :func:`semisam.data.make_split`, so the draw depends only on the set of
+    groups and ``seed``; ``labeled`` / ``ratio`` count groups, not cases.
+
+    Args:
+        groups: training case id -> its group id.
+        labeled, ratio, seed, test, source: as for :func:`semisam.data.make_split`.
+        noun: what a group is, for error messages (``"patient"``).
+
+    Raises:
+        SemisamError: ``labeled`` outside [1, number of groups], bad ``ratio``.
+    """
+    members: dict[str, list[str]] = {}
+    for cid, group in groups.items():
+        members.setdefault(str(group), []).append(str(cid))
+    if labeled is not None and ratio is None and not (isinstance(labeled, int) and 1 <= labeled <= len(members)):
+        raise SemisamError(f"--labeled counts {noun}s here: it must be between 1 and the number of training "
+                           f"{noun}s ({len(members)}), got {labeled}")
+    drawn = make_split(sorted(members), labeled=labeled, ratio=ratio, seed=seed)
+    return Split(labeled=tuple(c for g in drawn.labeled for c in members[g]),
+                 unlabeled=tuple(c for g in drawn.unlabeled for c in members[g]), test=tuple(test), seed=drawn.seed,
+                 ratio=drawn.ratio, source=source)
 
 
 def split_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, labeled: int | None = None,
@@ -46,8 +81,13 @@ def split_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, lab
                            f"e.g. '{unlabeled[0]}'")
     test_images = _channel_files(src.root / "imagesTs", src.file_ending)
     test_labels = {cid: src.root / "labelsTs" / f"{cid}{src.file_ending}" for cid in test_images}
-    split = make_split(sorted(images), labeled=labeled, ratio=ratio, seed=seed, test=sorted(test_images),
-                       source=f"split of {src.name}")
+    groups = src.dataset_json.get(GROUPS_KEY)
+    if isinstance(groups, dict):
+        split = make_group_split({cid: groups.get(cid, cid) for cid in images}, labeled=labeled, ratio=ratio,
+                                 seed=seed, test=sorted(test_images), source=f"split of {src.name} by case_groups")
+    else:
+        split = make_split(sorted(images), labeled=labeled, ratio=ratio, seed=seed, test=sorted(test_images),
+                           source=f"split of {src.name}")
     cases = [CaseData(cid, images[cid], labels[cid]) for cid in sorted(images)]
     tests = [CaseData(cid, test_images[cid], test_labels[cid] if test_labels[cid].is_file() else None)
              for cid in sorted(test_images)]

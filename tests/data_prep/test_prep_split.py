@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data_prep.split import split_dataset
+from data_prep.split import make_group_split, split_dataset
 from prep_helpers import file_bytes, run_cli
 from semisam.data import RawDataset, check_raw_dataset, load_split
 from semisam.utils.errors import SemisamError
@@ -73,3 +73,30 @@ def test_split_cli(tmp_path, plain_dataset):
     r = run_cli("split", plain_dataset, "--out", out, "--labeled", "3", "--seed", "2", "--no-verify")
     assert r.returncode == 0, r.stderr
     assert _ids(out / "labelsTr") == set(load_split(out / "semisam_split.json").labeled)
+
+
+def test_group_split_keeps_groups_together():
+    groups = {f"p{i}_{f}": f"p{i}" for i in range(5) for f in ("ED", "ES")}
+    for seed in range(6):
+        s = make_group_split(groups, labeled=2, seed=seed, test=["t0"], source="unit")
+        assert len(s.labeled) == 4 and len(s.unlabeled) == 6 and s.test == ("t0",)
+        assert {c.split("_")[0] for c in s.labeled}.isdisjoint({c.split("_")[0] for c in s.unlabeled})
+    assert make_group_split(groups, ratio=0.5, seed=1).labeled == make_group_split(groups, ratio=0.5, seed=1).labeled
+    assert len(make_group_split(groups, ratio=0.5, seed=1).labeled) == 6  # ceil(0.5 * 5 groups) = 3 groups
+    with pytest.raises(SemisamError, match=r"--labeled counts patients here: .* \(5\), got 6"):
+        make_group_split(groups, labeled=6, noun="patient")
+
+
+def test_split_dataset_draws_case_groups(tmp_path, plain_dataset):
+    # c00/c01, c02/c03, c04/c05 are three groups (e.g. two frames of one patient)
+    dj = json.loads((plain_dataset / "dataset.json").read_text())
+    dj["case_groups"] = {f"c{i:02d}": f"g{i // 2}" for i in range(6)}
+    (plain_dataset / "dataset.json").write_text(json.dumps(dj))
+    for seed in range(4):
+        out = split_dataset(plain_dataset, tmp_path / f"s{seed}", labeled=1, seed=seed)
+        split = load_split(out / "semisam_split.json")
+        assert len(split.labeled) == 2 and int(split.labeled[0][1:]) // 2 == int(split.labeled[1][1:]) // 2
+        # the grouping travels with the dataset, so a re-split draws by group too
+        assert json.loads((out / "dataset.json").read_text())["case_groups"] == dj["case_groups"]
+    again = load_split(split_dataset(tmp_path / "s0", tmp_path / "again", ratio=0.6, seed=3) / "semisam_split.json")
+    assert len(again.labeled) == 4  # ceil(0.6 * 3 groups) = 2 groups
