@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -202,3 +203,118 @@ def test_install_idempotent_and_noop_when_ops_present():
     assert r["first"] is (not r["native"]) and r["second"] is False
     assert r["same"] == [True, True, True] and r["kept"] == [1]
     assert r["status"]["patched"] is (not r["native"])
+
+
+# ---------------------------------------------------------------------------------------------- the wrapper's
+# two additions: -device when none is given, and the planner's nnUNet_n_proc_DA
+
+
+def _entry_function_source(entry_point) -> str:
+    """The source of an nnU-Net console script's function, read without importing nnU-Net."""
+    import ast
+    import importlib.util
+
+    module, _, func = entry_point.value.partition(":")
+    text = Path(importlib.util.find_spec(module).origin).read_text()
+    node = next(n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef) and n.name == func)
+    return ast.get_source_segment(text, node)
+
+
+def test_device_and_planner_command_sets_match_installed_nnunet():
+    from semisam.nnunet.__main__ import DEVICE_COMMANDS, PLANNER_COMMANDS, nnunet_commands
+
+    sources = {name: _entry_function_source(ep) for name, ep in nnunet_commands().items()}
+    assert {n for n, src in sources.items() if "'-device'" in src} == DEVICE_COMMANDS
+    assert {n for n, src in sources.items() if "plan_experiments(" in src} == PLANNER_COMMANDS
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_available_device_type_order(monkeypatch, cuda, mps, expected):
+    import torch
+
+    from semisam.utils.device import available_device_type, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert available_device_type() == expected
+    assert available_device_type(mps=False) == ("cuda" if cuda else "cpu")
+    if not cuda:
+        assert resolve_device("auto").type == "cpu"  # the student's and teacher's "auto" stays CUDA-or-CPU
+
+
+def test_with_device_only_when_missing(monkeypatch, capsys):
+    import semisam.utils.device
+    from semisam.nnunet.__main__ import with_device
+
+    monkeypatch.setattr(semisam.utils.device, "available_device_type", lambda mps=True: "mps" if mps else "cpu")
+    args = ["501", "2d", "all", "-tr", "nnUNetTrainerSemiSAM"]
+    for name in ("nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_predict_from_modelfolder"):
+        assert with_device(name, args) == [*args, "-device", "mps"]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["[semisam nnunet] no -device given: using -device mps (the first available of cuda, mps, "
+                     "cpu)"] * 3
+    for given in (["-device", "cpu"], ["-device=cuda"], ["-dev", "cpu"], ["--help"]):
+        assert with_device("nnUNetv2_train", [*args, *given]) == [*args, *given]
+    assert with_device("nnUNetv2_plan_and_preprocess", ["-d", "501"]) == ["-d", "501"]  # -d is not -device
+    assert capsys.readouterr().err == ""
+
+
+def test_planner_guard_raises_zero_for_planner_commands_only(monkeypatch, capsys):
+    from semisam.nnunet.__main__ import planner_safe_n_proc_da
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    for name in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_plan_experiment"):
+        with planner_safe_n_proc_da(name):
+            assert os.environ["nnUNet_n_proc_DA"] == "1"
+        assert os.environ["nnUNet_n_proc_DA"] == "0"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nnUNet_n_proc_DA=0 raised to 1 for nnUNetv2_plan_and_preprocess" in err[0]
+    with planner_safe_n_proc_da("nnUNetv2_train"):
+        assert os.environ["nnUNet_n_proc_DA"] == "0"  # training: augmentation in the main process
+    monkeypatch.setenv("nnUNet_n_proc_DA", "3")
+    with planner_safe_n_proc_da("nnUNetv2_plan_and_preprocess"):
+        assert os.environ["nnUNet_n_proc_DA"] == "3"
+    monkeypatch.delenv("nnUNet_n_proc_DA")
+    with planner_safe_n_proc_da("nnUNetv2_plan_and_preprocess"):
+        assert "nnUNet_n_proc_DA" not in os.environ
+    assert capsys.readouterr().err == ""
+
+
+def _readme_nnunet_block() -> str:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    (block,) = [b for b in blocks if "semisam nnunet nnUNetv2_plan_and_preprocess" in b]
+    return block
+
+
+@pytest.mark.slow
+def test_readme_nnunet_commands_run_as_written(tmp_path: Path):
+    """The README's plan → train → predict lines, run by bash as written (no -device, nnUNet_n_proc_DA=0, on a
+    machine without CUDA here) on a tiny synthetic Dataset501, with one change: trainer.json asks for 1 epoch of
+    2 iterations. About 60-75 s on two cores (three nnU-Net processes, each spawning workers)."""
+    block = _readme_nnunet_block()
+    commands = [line for line in block.splitlines() if line.startswith("semisam nnunet ")]
+    assert [c.split()[2] for c in commands] == ["nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict"]
+    assert not any("-device" in c for c in commands)
+    tiny = '{"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1, "seed": 0}'
+    script, n = re.subn(r"echo '\{[^']*\}' > trainer\.json", f"echo '{tiny}' > trainer.json", block)
+    assert n == 1
+    ok(run_py("data_prep", "synthetic", "--out", str(tmp_path / "data" / "Dataset501_Nuclei"), "--n-train", "1",
+              "--labeled", "1", "--n-test", "1", "--size", "32", "--dataset-id", "501", "--no-verify", module=True))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "SEMISAM_TRAINER_CONFIG"}
+    env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    log = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, log
+    from semisam.utils.device import available_device_type
+
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("[semisam nnunet]")]
+    assert len(notes) == 3, log
+    assert "nnUNet_n_proc_DA=0 raised to 1 for nnUNetv2_plan_and_preprocess" in notes[0]
+    assert all(f"using -device {available_device_type()}" in n for n in notes[1:])
+    assert "semisam: 1 epochs x 2 iterations" in proc.stdout, log
+    model = tmp_path / "nnunet" / "results" / "Dataset501_Nuclei" / "nnUNetTrainerSemiSAM__nnUNetPlans__2d"
+    assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    assert sorted(p.name for p in (tmp_path / "pred501").glob("*.png")) == ["test_000.png"]

@@ -6,20 +6,75 @@
     semisam nnunet nnUNetv2_train ...            (the same, through the main CLI)
 
 Before handing over to the stock console script it (1) installs :mod:`semisam.compat` (torchvision on CPU
-torch: nnU-Net's trainer lookup imports timm-based trainers) and (2) lists semisam's trainer folder in
-``nnUNet_extTrainer`` so ``-tr nnUNetTrainerSemiSAM`` is found for training and prediction alike. The
-command's arguments are nnU-Net's, unchanged; its exit status is returned. ``train`` is accepted for
-``nnUNetv2_train`` (any name without the prefix). An unknown name ends with one error line and status 2.
+torch: nnU-Net's trainer lookup imports timm-based trainers), (2) lists semisam's trainer folder in
+``nnUNet_extTrainer`` so ``-tr nnUNetTrainerSemiSAM`` is found for training and prediction alike, (3) for the
+commands that take ``-device`` (whose default, ``cuda``, fails with "Torch not compiled with CUDA enabled"
+on a machine without CUDA) adds ``-device cuda|mps|cpu``, the first this machine has, when none is given,
+and (4) for the commands that run the experiment planner raises ``nnUNet_n_proc_DA=0`` to 1 (the planner
+calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which rejects 0; 0 stays valid for training: augmentation
+in the main process). Each of (3) and (4) says so in one line on stderr. Otherwise the command's arguments
+are nnU-Net's, unchanged; its exit status is returned. ``train`` is accepted for ``nnUNetv2_train`` (any name
+without the prefix). An unknown name ends with one error line and status 2.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from typing import Iterator
 
 from semisam.nnunet import ensure_ext_trainer_env
 from semisam.utils.errors import SemisamError
 from semisam.utils.registry import suggest
 
 PREFIX = "nnUNetv2_"
+#: nnU-Net (2.8) commands with a ``-device`` option (default ``cuda``).
+DEVICE_COMMANDS = frozenset({"nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_predict_from_modelfolder"})
+#: nnU-Net (2.8) commands that run the experiment planner (``ExperimentPlanner.static_estimate_VRAM_usage``).
+PLANNER_COMMANDS = frozenset({"nnUNetv2_plan_and_preprocess", "nnUNetv2_plan_experiment"})
+N_PROC_DA_ENV = "nnUNet_n_proc_DA"
+
+
+def say(message: str) -> None:
+    print(f"[semisam nnunet] {message}", file=sys.stderr, flush=True)
+
+
+def _names_option(arg: str, option: str) -> bool:
+    """``arg`` sets ``option`` as argparse reads it: ``-device``, ``-device=cpu`` or an abbreviation (``-dev``)."""
+    name = arg.split("=", 1)[0]
+    return len(name) >= 3 and option.startswith(name)
+
+
+def with_device(name: str, args: list[str]) -> list[str]:
+    """``args`` plus ``-device <cuda|mps|cpu>`` (the first available) for a :data:`DEVICE_COMMANDS` command
+    given none; otherwise ``args`` unchanged."""
+    if name not in DEVICE_COMMANDS or any(_names_option(a, "-device") or a in ("-h", "--help") for a in args):
+        return args
+    from semisam.utils.device import available_device_type
+
+    device = available_device_type(mps=True)
+    say(f"no -device given: using -device {device} (the first available of cuda, mps, cpu)")
+    return [*args, "-device", device]
+
+
+@contextlib.contextmanager
+def planner_safe_n_proc_da(name: str) -> Iterator[None]:
+    """For a :data:`PLANNER_COMMANDS` command, ``nnUNet_n_proc_DA`` below 1 is raised to 1 while it runs."""
+    value = os.environ.get(N_PROC_DA_ENV)
+    try:
+        too_low = name in PLANNER_COMMANDS and value is not None and int(value) < 1
+    except ValueError:
+        too_low = False  # not a number: nnU-Net's own error
+    if not too_low:
+        yield
+        return
+    say(f"{N_PROC_DA_ENV}={value} raised to 1 for {name}: nnU-Net's planner passes it to torch.set_num_threads, "
+        f"which rejects {value}")
+    os.environ[N_PROC_DA_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ[N_PROC_DA_ENV] = value
 
 
 def nnunet_commands() -> dict:
@@ -46,9 +101,10 @@ def run_nnunet_command(name: str, args: list[str]) -> int:
     compat.install()  # before the entry point's module (and nnU-Net's trainer lookup) imports torchvision
     ensure_ext_trainer_env()
     entry = commands[name].load()
-    saved_argv, sys.argv = sys.argv, [name, *args]
+    saved_argv, sys.argv = sys.argv, [name, *with_device(name, args)]
     try:
-        code = entry()
+        with planner_safe_n_proc_da(name):
+            code = entry()
     except SystemExit as e:
         code = e.code
     finally:

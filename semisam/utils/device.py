@@ -4,6 +4,19 @@ from __future__ import annotations
 from semisam.utils.errors import SemisamError
 
 
+def available_device_type(mps: bool = True) -> str:
+    """The best accelerator here: ``"cuda"`` if CUDA is available, else ``"mps"`` (when ``mps``) if Apple's
+    MPS is, else ``"cpu"``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    backend = getattr(torch.backends, "mps", None)
+    if mps and backend is not None and backend.is_available():
+        return "mps"
+    return "cpu"
+
+
 def resolve_device(device: "str | object | None" = "auto"):
     """``"auto"``/None → CUDA if available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a
     ``torch.device`` → that device, if present.
@@ -14,7 +27,7 @@ def resolve_device(device: "str | object | None" = "auto"):
     import torch
 
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(available_device_type(mps=False))
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
