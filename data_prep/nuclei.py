@@ -37,16 +37,24 @@ def load_nuclei(wheel: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(image (Y, X) uint16, instances (Y, X) int)``.
     """
+    image, mask = read_wheel_tiffs((IMAGE_MEMBER, MASK_MEMBER), wheel)
+    return image, mask
+
+
+def read_wheel_tiffs(members: tuple[str, ...], wheel: Path | None = None) -> list[np.ndarray]:
+    """Read TIFF files ``members`` from the stardist wheel (fetched if not given), in order.
+
+    Raises:
+        SemisamError: the wheel is not a zip file or lacks a member; fetch failure.
+    """
     import tifffile
 
     wheel = wheel or fetch_package("stardist", STARDIST_VERSION)
     try:
         with zipfile.ZipFile(wheel) as z:
-            image = tifffile.imread(io.BytesIO(z.read(IMAGE_MEMBER)))
-            mask = tifffile.imread(io.BytesIO(z.read(MASK_MEMBER)))
+            return [tifffile.imread(io.BytesIO(z.read(m))) for m in members]
     except (KeyError, zipfile.BadZipFile) as e:
         raise SemisamError(f"{wheel} does not hold the stardist nuclei files ({e})") from None
-    return image, mask
 
 
 def tile_grid(image_yx: np.ndarray, tile: int) -> dict[tuple[int, int], np.ndarray]:
