@@ -1,9 +1,11 @@
 """``python -m data_prep <source> --out <dir> [options]``: write an nnU-Net raw dataset for semisam.
 
-Sources: ``synthetic``, ``nuclei``, ``radiomics``, ``mni152``, ``split <raw_dir>``. Every source writes the whole
-dataset into a temporary folder, checks it (nnU-Net's verify_dataset_integrity plus semisam's rules; skip
-with ``--no-verify``) and renames it to ``--out`` at the end. Exit status: 0 on success, 2 on bad input,
-with ``error: <one line>`` on stderr and nothing written.
+Sources: ``synthetic``, ``nuclei``, ``nuclei3d``, ``radiomics``, ``mni152``, ``split <raw_dir>``; and
+converters for public datasets you download yourself, read from ``--src DIR`` in their standard layout:
+``busi``, ``kvasir``, ``isic2018``, ``la2018``, ``acdc``. Every source writes the whole dataset into a
+temporary folder, checks it (nnU-Net's verify_dataset_integrity plus semisam's rules; skip with
+``--no-verify``) and renames it to ``--out`` at the end. Exit status: 0 on success, 2 on bad input, with
+``error: <one line>`` on stderr and nothing written.
 """
 from __future__ import annotations
 
@@ -29,17 +31,54 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="skip nnU-Net's verify_dataset_integrity (faster)")
 
 
-def _split_args(p: argparse.ArgumentParser, labeled_default: int | None) -> None:
+def _split_args(p: argparse.ArgumentParser, labeled_default: int | None, ratio_default: float | None = None,
+                what: str = "training cases") -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labeled", type=int, default=None,
-                   help=f"number of labeled training cases (default {labeled_default})" if labeled_default
-                   else "number of labeled training cases")
-    g.add_argument("--ratio", type=float, default=None, help="fraction of labeled training cases, in (0, 1]")
+                   help=f"number of labeled {what} (default {labeled_default})" if labeled_default
+                   else f"number of labeled {what}")
+    g.add_argument("--ratio", type=float, default=None,
+                   help=f"fraction of labeled {what}, in (0, 1]" + (f" (default {ratio_default})" if ratio_default
+                                                                    else ""))
     p.add_argument("--seed", type=int, default=0, help="seed of the labeled draw (default 0)")
 
 
+def _labeled(args: argparse.Namespace, labeled: int | None = None, ratio: float | None = None
+             ) -> tuple[int | None, float | None]:
+    """``(labeled, ratio)`` from the command line, or the source's default when neither was given."""
+    if args.labeled is None and args.ratio is None:
+        return labeled, ratio
+    return args.labeled, args.ratio
+
+
+def _src(p: argparse.ArgumentParser, expected: str) -> None:
+    p.add_argument("--src", required=True, type=Path, help=f"the downloaded release: {expected}")
+
+
+def _holdout_args(p: argparse.ArgumentParser, default: float | None = 0.2, default_text: str | None = None) -> None:
+    p.add_argument("--test-fraction", type=float, default=default,
+                   help=f"fraction of the images held out as test cases, in [0, 1) "
+                        f"(default {default_text or default}; a larger fraction keeps a smaller one's test cases)")
+    p.add_argument("--test-seed", type=int, default=0, help="seed of the test draw (default 0)")
+
+
+def _max_size(p: argparse.ArgumentParser, note: str) -> None:
+    p.add_argument("--max-size", type=int, default=None,
+                   help=f"shrink the longest side to at most this many pixels, e.g. 1024 (default: keep; {note})")
+
+
+def _grid(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three integers z,y,x such as 2,3,3, got '{text}'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="data_prep", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="data_prep", description=__doc__.split("\n\n")[0],
+                     epilog="busi, kvasir, isic2018, la2018 and acdc convert public datasets that you download "
+                            "yourself: give the folder of the download with --src DIR (see python -m data_prep "
+                            "<source> --help for the layout each one expects).")
     sub = parser.add_subparsers(dest="source", required=True, parser_class=_Parser, metavar="<source>")
 
     p = sub.add_parser("synthetic", help="blobs on a smooth background, deterministic by seed (fast, for tests)")
@@ -66,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of held-out test tiles (default 16), up to all tiles but one; more test tiles "
                         "make a benchmark's score steadier, e.g. --tile 32 --n-test 128")
     p.add_argument("--test-seed", type=int, default=0, help="seed of the test-tile draw (default 0)")
+
+    p = sub.add_parser("nuclei3d", help="stardist's small 3D nuclei volume (synthetic, binary) cut into blocks")
+    _common(p)
+    p.add_argument("--grid", type=_grid, default=(2, 3, 3),
+                   help="blocks along z,y,x of the 31x61x57 volume (default 2,3,3: 18 blocks of 15x20x19)")
+    _split_args(p, 2)
+    p.add_argument("--n-test", type=int, default=6, help="number of held-out test blocks (default 6)")
+    p.add_argument("--test-seed", type=int, default=0, help="seed of the test-block draw (default 0)")
 
     from data_prep.radiomics import ALL_CASES, DEFAULT_TEST
 
@@ -95,6 +142,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("raw_dir", type=Path, help="source dataset folder (not modified)")
     _common(p)
     _split_args(p, None)
+
+    from data_prep.busi import CLASSES, DEFAULT_CLASSES
+
+    p = sub.add_parser("busi", help="BUSI breast ultrasound (2D, binary lesion) from --src")
+    _src(p, "the folder holding Dataset_BUSI_with_GT/{benign,malignant,normal}/")
+    _common(p)
+    p.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
+                   help=f"comma-separated class folders from {','.join(CLASSES)} (default {','.join(DEFAULT_CLASSES)}; "
+                        "normal images have empty masks)")
+    _split_args(p, None, 0.1)
+    _holdout_args(p)
+
+    p = sub.add_parser("kvasir", help="Kvasir-SEG colonoscopy polyps (2D RGB, binary) from --src")
+    _src(p, "the folder holding Kvasir-SEG/images/*.jpg and Kvasir-SEG/masks/*.jpg")
+    _common(p)
+    _max_size(p, "the images are up to 1920 px wide")
+    _split_args(p, None, 0.1)
+    _holdout_args(p)
+
+    p = sub.add_parser("isic2018", help="ISIC 2018 task 1 skin lesions (2D RGB, binary) from --src")
+    _src(p, "the folder holding ISIC2018_Task1-2_Training_Input/ and ISIC2018_Task1_Training_GroundTruth/ "
+            "(and optionally the Validation / Test input and ground-truth folders, then used as test cases)")
+    _common(p)
+    _max_size(p, "the images are several thousand pixels wide")
+    _split_args(p, None, 0.1)
+    _holdout_args(p, None, "the official Validation / Test folders when present, else 0.2; a value always holds "
+                           "out that fraction of the training images")
+
+    from data_prep.la2018 import LAYOUTS
+
+    p = sub.add_parser("la2018", help="Left Atrium 2018 LGE-MRI (3D, binary), h5 or nrrd layout, from --src")
+    _src(p, "the folder holding '2018LA_Seg_Training Set/<case>/mri_norm2.h5' (h5 layout; needs h5py) or "
+            "'Training Set/<case>/lgemri.nrrd' + laendo.nrrd (original layout), and optionally train.list / test.list")
+    _common(p)
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="auto (default): h5 when every case folder has mri_norm2.h5, else nrrd")
+    _split_args(p, 8)
+    p.add_argument("--n-test", type=int, default=20,
+                   help="without train.list / test.list: the last N sorted cases are test cases (default 20)")
+
+    p = sub.add_parser("acdc", help="ACDC cardiac cine-MRI, ED and ES frames (3D, RV / MYO / LV) from --src")
+    _src(p, "the folder holding database/training/patientNNN/ and database/testing/patientNNN/ "
+            "(Info.cfg, patientNNN_frameXX.nii.gz and _gt.nii.gz)")
+    _common(p)
+    _split_args(p, 10, what="training patients (both frames of a patient go together)")
     return parser
 
 
@@ -118,6 +210,12 @@ def run(args: argparse.Namespace) -> Path:
         labeled = 4 if args.labeled is None and args.ratio is None else args.labeled
         return make_nuclei(args.out, tile=args.tile, labeled=labeled, ratio=args.ratio, n_test=args.n_test,
                            seed=args.seed, test_seed=args.test_seed, overwrite=args.overwrite, verify=args.verify)
+    if args.source == "nuclei3d":
+        from data_prep.nuclei3d import make_nuclei3d
+
+        labeled, ratio = _labeled(args, labeled=2)
+        return make_nuclei3d(args.out, grid=args.grid, labeled=labeled, ratio=ratio, n_test=args.n_test,
+                             seed=args.seed, test_seed=args.test_seed, overwrite=args.overwrite, verify=args.verify)
     if args.source == "radiomics":
         from data_prep.radiomics import make_radiomics
 
@@ -138,6 +236,36 @@ def run(args: argparse.Namespace) -> Path:
             raise SemisamError("split needs --labeled N or --ratio r")
         return split_dataset(args.raw_dir, args.out, labeled=args.labeled, ratio=args.ratio, seed=args.seed,
                              overwrite=args.overwrite, verify=args.verify)
+    public = dict(overwrite=args.overwrite, verify=args.verify, seed=args.seed)
+    if args.source == "busi":
+        from data_prep.busi import make_busi
+
+        labeled, ratio = _labeled(args, ratio=0.1)
+        return make_busi(args.src, args.out, classes=_names(args.classes), labeled=labeled, ratio=ratio,
+                         test_fraction=args.test_fraction, test_seed=args.test_seed, **public)
+    if args.source == "kvasir":
+        from data_prep.kvasir import make_kvasir
+
+        labeled, ratio = _labeled(args, ratio=0.1)
+        return make_kvasir(args.src, args.out, labeled=labeled, ratio=ratio, test_fraction=args.test_fraction,
+                           test_seed=args.test_seed, max_size=args.max_size, **public)
+    if args.source == "isic2018":
+        from data_prep.isic2018 import make_isic2018
+
+        labeled, ratio = _labeled(args, ratio=0.1)
+        return make_isic2018(args.src, args.out, labeled=labeled, ratio=ratio, test_fraction=args.test_fraction,
+                             test_seed=args.test_seed, max_size=args.max_size, **public)
+    if args.source == "la2018":
+        from data_prep.la2018 import make_la2018
+
+        labeled, ratio = _labeled(args, labeled=8)
+        return make_la2018(args.src, args.out, layout=args.layout, n_test=args.n_test, labeled=labeled, ratio=ratio,
+                           **public)
+    if args.source == "acdc":
+        from data_prep.acdc import make_acdc
+
+        labeled, ratio = _labeled(args, labeled=10)
+        return make_acdc(args.src, args.out, labeled=labeled, ratio=ratio, **public)
     raise AssertionError(args.source)
 
 

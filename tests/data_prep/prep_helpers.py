@@ -53,3 +53,19 @@ def file_bytes(folder: Path) -> dict[str, bytes]:
 def leftovers(parent: Path, name: str) -> list[Path]:
     """Temporary siblings that a failed atomic write would have left next to ``parent / name``."""
     return [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def expect_main_error(capsys, argv: list, out: Path, needle: str) -> str:
+    """Run ``data_prep`` in this process (``data_prep.cli.main``) and check that it fails cleanly: exit
+    status 2, one line ``error: ...`` on stderr containing ``needle``, no ``out`` folder and no temporaries
+    (staging or writing) next to it. Returns the error line."""
+    from data_prep.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
+    if out.parent.is_dir():
+        assert leftovers(out.parent, out.name) == []
+    return lines[0]
