@@ -44,7 +44,7 @@ def make_group_split(groups: Mapping[str, str], *, labeled: int | None = None, r
     members: dict[str, list[str]] = {}
     for cid, group in groups.items():
         members.setdefault(str(group), []).append(str(cid))
-    if labeled is not None and ratio is None and not (isinstance(labeled, int) and 1 <= labeled <= len(members)):
+    if ratio is None and isinstance(labeled, int) and not 1 <= labeled <= len(members):  # else make_split says
         raise SemisamError(f"--labeled counts {noun}s here: it must be between 1 and the number of training "
                            f"{noun}s ({len(members)}), got {labeled}")
     drawn = make_split(sorted(members), labeled=labeled, ratio=ratio, seed=seed)
