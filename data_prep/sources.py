@@ -30,7 +30,7 @@ from semisam.data import CaseData, Geometry, Split, write_array, write_raw_datas
 from semisam.utils.errors import SemisamError
 
 #: a case loader: ``() -> (image (C, Z, Y, X), label (Z, Y, X) integers, geometry or None)``
-CaseLoader = Callable[[], "tuple[np.ndarray, np.ndarray, Geometry | None]"]
+CaseLoader = Callable[[], tuple[np.ndarray, np.ndarray, Geometry | None]]
 
 MASK_THRESHOLD = 127
 #: channel names of an RGB image written as three channels
