@@ -114,12 +114,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.teacher.name == "none" and (p.source == "everything" or p.candidate_threshold > 0 or p.second_pass):
         raise SemisamError("prompts.source=everything, candidate_threshold and second_pass need a SAM teacher; "
                            "teacher=none can only self-train")
+    _validate_online(cfg)
     if cfg.loop.max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
         raise SemisamError(
             f"teacher.name=none cannot produce filters.fusion={cfg.filters.fusion!r} pseudo-labels; "
             "use filters=student (self-training) or choose a teacher"
         )
-    _validate_online(cfg)
     return cfg
 
 

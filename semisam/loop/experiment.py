@@ -80,8 +80,12 @@ def run_experiment(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) the experiment described by a validated recipe; returns the final summary."""
     from semisam.loop.preflight import preflight
     from semisam.loop.rounds import Experiment
+    from semisam.online.settings import OnlineSettings
 
     built = preflight(cfg)  # every fault that can be found before work fails here, before anything is written
+    if not built.cases.unlabeled and OnlineSettings.from_mapping(to_dict(cfg)["online"]).enabled:
+        raise SemisamError(f"online training (experiment={cfg.experiment}) needs unlabeled cases, but "
+                           f"{built.dataset.name} has none; add images without labels or run experiment=supervised")
     run_dir = Path(cfg.run_dir)
     state = RunState(run_dir, built.identity, restart=cfg.restart)
     state.set("round0_fingerprint", round0_fingerprint(to_dict(cfg)))

@@ -15,6 +15,7 @@ from semisam.data.raw import CaseData, write_raw_dataset
 from semisam.data.split import Split
 from semisam.loop.evaluation import PseudoQuality, evaluate_students_cases
 from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, round0_steps, say
+from semisam.loop.preflight import NO_UNLABELED
 from semisam.loop.state import RunState
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import write_json_atomic
@@ -100,7 +101,7 @@ class Experiment:
             f"validation, {len(self.cases.unlabeled)} unlabeled, {len(self.cases.test)} test")
         max_rounds = cfg.loop.max_rounds
         if max_rounds > 0 and not self.cases.unlabeled:
-            say("no unlabeled cases: running the supervised baseline only")
+            say(NO_UNLABELED)
             max_rounds = 0
         if max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
             raise SemisamError("teacher=none can only self-train: set filters=student, or pick a teacher")
@@ -116,8 +117,8 @@ class Experiment:
                     new = [c for c in teach["accepted"] if c not in accepted]
                     accepted.update({c: teach["files"][c] for c in teach["accepted"]})
                     if not teach["accepted"]:
-                        stop_reason = f"round {r}: the filters rejected every unlabeled case"
-                        say(f"{stop_reason}; keeping student {r - 1} (loosen filters.* to accept more)")
+                        stop_reason, advice = nothing_accepted(r, teach)
+                        say(f"{stop_reason}; keeping student {r - 1} ({advice})")
                         self.log_round(r, teach, trained=False)
                         break
                     if not new and cfg.loop.stop_when_no_new:
@@ -302,7 +303,7 @@ class Experiment:
         for case in tqdm(self.cases.unlabeled, desc=f"round {r} teacher", unit="case", file=sys.stderr):
             image, props = self.dataset.read_image(case.image_files)
             probs, _ = load_probabilities(probs_dir / f"{case.case_id}.npz")
-            res = labeler(image, probs)
+            res = labeler(image, probs, case.case_id)
             per_case[case.case_id] = res.stats
             if res.accepted:
                 f = out / f"{case.case_id}{self.dataset.file_ending}"
@@ -429,6 +430,22 @@ class Experiment:
         print(dice_table(all_records, selected, selection))
         say(f"stopped: {stop_reason}. Report: {report}")
         return summary
+
+
+def nothing_accepted(r: int, teach: dict) -> tuple[str, str]:
+    """``(stop reason, what to do)`` for round ``r`` when its teacher round accepted no case.
+
+    Cases the teacher never saw are skipped and counted by reason (``teach["skipped"]``: ``no_foreground``,
+    the student found no object to make a prompt from; ``constant_image``); when every case was skipped, the
+    filters are not the cause and the advice says so.
+    """
+    skipped = list(teach.get("skipped", {}).values())
+    if skipped and len(skipped) == teach.get("n_candidates"):
+        counts = ", ".join(f"{reason}: {skipped.count(reason)}" for reason in sorted(set(skipped)))
+        advice = (f"student {r - 1} found no object to prompt SAM with: train it longer (student.epochs) or lower "
+                  "prompts.threshold" if "no_foreground" in skipped else "check the unlabeled images")
+        return f"round {r}: no unlabeled case reached the teacher ({counts} skipped)", advice
+    return f"round {r}: the filters rejected every unlabeled case", "loosen filters.* to accept more"
 
 
 def select_round(records: list[dict], by_val: bool) -> int | None:
