@@ -7,9 +7,12 @@ temporary is removed and the destination is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,16 +33,19 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to ``path``.
 
     The temporary keeps ``path``'s suffixes, so writers that dispatch on the file ending (SimpleITK,
-    nnU-Net's image writers, numpy) work unchanged.
+    nnU-Net's image writers, numpy) work unchanged. An ``OSError`` of the block that names no file (a
+    failed ``write()``, e.g. ENOSPC) is given ``path`` as its ``filename``.
     """
     path = Path(path)
     tmp = _tmp_sibling(path, is_dir=False)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the target
+            e.filename = str(path)
         raise
 
 
@@ -67,6 +73,47 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: errors of a write that more room would fix: a full disk, a quota, a file-size limit (``ulimit -f``)
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failure(path: str | os.PathLike | None, reason: str, errno_: int | None = None) -> str:
+    """The one line for a write that failed: what failed, and what to do (free space, or fix permissions);
+    the run resumes from its last complete step when the same command is rerun."""
+    where = f"cannot write {path}" if path else "a write failed"
+    if errno_ in NO_SPACE_ERRNOS:
+        todo = "free disk space (or raise the quota or file-size limit)"
+    elif errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "make the folder writable, or choose another output folder"
+    else:
+        todo = "check the disk and the folder's permissions"
+    return f"{where}: {reason}; {todo}, then rerun the same command to resume from the last complete step"
+
+
+@contextlib.contextmanager
+def quiet_finalizers(collect: bool = False) -> Iterator[None]:
+    """Silence unraisable-exception reports while the block runs (and, with ``collect``, collect garbage
+    before the reports are heard again).
+
+    After a failed write some writers fail once more when they are finalised: imageio's PNG plugin closes its
+    file again in ``__del__`` and prints ``Exception ignored in ...`` with a traceback, when the exception
+    that holds its frames is released (the end of the ``except`` block) or collected. Wrap the ``try`` /
+    ``except`` that handles the failure, so that the user sees the one error line only.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = _ignore_unraisable
+    try:
+        yield
+    finally:
+        if collect:
+            gc.collect()
+        sys.unraisablehook = hook
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    pass
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
