@@ -6,6 +6,7 @@ from semisam.data.raw import (
     CaseData,
     Geometry,
     RawDataset,
+    check_case_files,
     check_raw_dataset,
     parse_labels,
     write_array,
@@ -15,6 +16,6 @@ from semisam.data.split import SPLIT_FILE, Split, load_split, make_split, num_la
 
 __all__ = [
     "HIDDEN_DIR", "RUN_PARTS", "SPLIT_FILE", "CaseData", "Geometry", "LabeledCase", "RawDataset", "Split",
-    "UnlabeledCase", "check_raw_dataset", "dataset_identity", "dataset_identity_parts", "load_split", "make_split",
-    "num_labeled", "parse_labels", "save_split", "write_array", "write_raw_dataset",
+    "UnlabeledCase", "check_case_files", "check_raw_dataset", "dataset_identity", "dataset_identity_parts",
+    "load_split", "make_split", "num_labeled", "parse_labels", "save_split", "write_array", "write_raw_dataset",
 ]

@@ -12,12 +12,15 @@ nnU-Net reads. Arrays are ``(C, Z, Y, X)`` for images and ``(Z, Y, X)`` for labe
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -27,12 +30,16 @@ import numpy as np
 from semisam.data.cases import LabeledCase, UnlabeledCase
 from semisam.data.split import SPLIT_FILE, Split, load_split, save_split
 from semisam.utils.errors import SemisamError
-from semisam.utils.io import atomic_dir, atomic_write_path
+from semisam.utils.io import atomic_dir, atomic_write_path, quiet_finalizers, write_failure
 
 #: File endings read by nnU-Net's NaturalImage2DIO (2D only) and SimpleITKIO (2D or 3D).
 NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif")
 SITK_ENDINGS = (".nii.gz", ".nrrd", ".mha")
 HIDDEN_DIR = "labelsHidden"
+#: training images tried, in order, to find nnU-Net's reader for a dataset
+READER_EXAMPLES = 5
+#: at most this many cases are read at a time by :func:`check_case_files`
+CHECK_THREADS = 4
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -248,15 +255,31 @@ class RawDataset:
     # ---- I/O through nnU-Net's reader/writer
     @property
     def reader_writer(self):
-        """An instance of the nnU-Net reader/writer class for this dataset's files."""
+        """An instance of the nnU-Net reader/writer class for this dataset's files.
+
+        nnU-Net picks the class that can read an example file; a damaged example is skipped for the next
+        training image (up to :data:`READER_EXAMPLES`), so that the file check can name the damaged case.
+
+        Raises:
+            SemisamError: no reader of the file ending reads any example.
+        """
         if self._rw is None:
             from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-            example = self._example or next(iter(self._train_images().values()), (None,))[0]
-            with _quiet():
-                cls = determine_reader_writer_from_dataset_json(
-                    self.dataset_json, None if example is None else str(example), verbose=False)
-            self._rw = cls()
+            examples: list[Path | None] = [self._example] if self._example is not None else \
+                [files[0] for files in list(self._train_images().values())[:READER_EXAMPLES]]
+            for example in examples or [None]:
+                try:  # nnU-Net prints a traceback for every reader that fails, verbose or not
+                    with _quiet(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+                        cls = determine_reader_writer_from_dataset_json(
+                            self.dataset_json, None if example is None else str(example), verbose=False)
+                except RuntimeError:
+                    continue
+                self._rw = cls()
+                break
+            else:
+                raise SemisamError(f"no nnU-Net reader for {self.file_ending} files can read {examples[0]} "
+                                   f"({_damaged(self.file_ending)}); replace the file, or remove the case")
         return self._rw
 
     def read_image(self, files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, dict]:
@@ -273,13 +296,38 @@ class RawDataset:
 
     def write_seg(self, seg: np.ndarray, props: dict, out_file: str | os.PathLike) -> Path:
         """Write a label map ``seg (Z, Y, X)`` (integers) atomically, with the geometry in ``props``
-        (the properties returned by :meth:`read_image` for the same case)."""
+        (the properties returned by :meth:`read_image` for the same case).
+
+        The file is read back under its temporary name before it takes ``out_file``'s: ITK's NIfTI writer
+        ignores failed writes (a full disk, a file-size limit) and leaves a short file behind without an error.
+
+        Raises:
+            SemisamError: the file cannot be written or does not read back as written (one line: what failed,
+                and what to do); nothing is left at ``out_file`` or under a temporary name.
+        """
         seg = np.asarray(seg)
         if seg.ndim != 3:
             raise ValueError(f"write_seg expects a (Z, Y, X) label map, got shape {seg.shape}")
         out_file = Path(out_file)
-        with atomic_write_path(out_file) as tmp:
-            self.reader_writer.write_seg(seg, str(tmp), props)
+        failure = None
+        with quiet_finalizers():  # a writer that failed may fail again when finalised
+            try:
+                with atomic_write_path(out_file) as tmp:
+                    with _quiet():
+                        self.reader_writer.write_seg(seg, str(tmp), props)
+                    _read_back(self.reader_writer, tmp, seg)
+            except OSError as e:  # ENOSPC, EDQUOT, EFBIG (a file-size limit), EACCES, ...
+                failure = (e.strerror or str(e) or type(e).__name__, e.errno)
+            except RuntimeError as e:  # SimpleITK's writer raises RuntimeError for every failure
+                if "SimpleITK" not in str(e):
+                    raise
+                failure = (_error_detail(e), None)
+            except _IncompleteWrite as e:
+                failure = (str(e), errno.ENOSPC)
+            if failure is not None:
+                gc.collect()
+        if failure is not None:  # raised out here: no chained exception keeps the writer's frames alive
+            raise SemisamError(write_failure(out_file, *failure))
         return out_file
 
 
@@ -287,6 +335,30 @@ class RawDataset:
 def _quiet() -> Iterator[None]:
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         yield
+
+
+class _IncompleteWrite(Exception):
+    """A label file that does not read back as what was written."""
+
+
+def _read_back(reader_writer, file: Path, seg: np.ndarray) -> None:
+    try:
+        with _quiet():
+            back, _ = reader_writer.read_seg(str(file))
+    except Exception:  # noqa: BLE001 - any reader failure means the file is not what was written
+        raise _IncompleteWrite("the file written cannot be read back (disk full?)") from None
+    if tuple(back.shape[1:]) != tuple(seg.shape) or not np.array_equal(back[0], seg):
+        raise _IncompleteWrite("the file written does not read back as written (disk full?)")
+
+
+def _error_detail(e: BaseException) -> str:
+    """The informative line of a reader/writer error (SimpleITK's last line: ``sitk::ERROR: ...``)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
+def _damaged(file_ending: str) -> str:
+    return f"damaged, truncated or not a {file_ending} file"
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -375,16 +447,33 @@ def _reader_for(file_ending: str, example: Path):
         raise SemisamError(f"nnU-Net cannot read {example}") from None
 
 
+def _numbers(values: Sequence[float]) -> str:
+    """``[0, 1, 2.5]``: integral values without a decimal point."""
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
 def _check_label(label: np.ndarray, spatial_shape: tuple[int, ...], allowed: set[int], what: str) -> None:
     if tuple(label.shape) != tuple(spatial_shape):
-        raise SemisamError(f"{what}: image shape {tuple(spatial_shape)} and label shape {tuple(label.shape)} differ")
+        raise SemisamError(f"{what}: image shape {tuple(spatial_shape)} and label shape {tuple(label.shape)} differ; "
+                           "the label must be drawn on its image's voxel grid")
     if label.size and not np.all(np.isfinite(label)):
-        raise SemisamError(f"{what}: label contains NaN or infinite values")
+        raise SemisamError(f"{what}: label contains NaN or infinite values; labels hold the integers that "
+                           "dataset.json declares")
     values = set(np.unique(label).tolist())
     bad = sorted(v for v in values if v not in allowed or int(v) != v)
     if bad:
-        raise SemisamError(f"{what}: label value(s) {bad[:8]} are not declared in dataset.json labels "
-                           f"(declared: {sorted(allowed)})")
+        raise SemisamError(f"{what}: label value(s) {_numbers(bad[:8])} are not declared in dataset.json labels "
+                           f"(declared: {_numbers(sorted(allowed))}); fix the label, or declare the value in "
+                           "dataset.json")
+
+
+def _check_image_values(image: np.ndarray, what: str) -> None:
+    """Refuse NaN/Inf in an image ``(C, Z, Y, X)``: nnU-Net's normalisation and SAM's intensity mapping turn
+    them into NaN everywhere."""
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:
+        raise SemisamError(f"{what}: the image holds {bad} NaN/Inf value(s); replace them (e.g. with the "
+                           "background intensity), or remove the case")
 
 
 def place_file(src: Path, dst: Path, link: bool) -> str:
@@ -423,6 +512,7 @@ def _write_case(case: CaseData, image_dir: Path, label_dir: Path | None, file_en
             raise SemisamError(f"case '{cid}': {img.shape[0]} image channels but dataset.json declares {num_channels}")
         if natural_2d and img.shape[1] != 1:
             raise SemisamError(f"case '{cid}': {file_ending} holds 2D images only (Z == 1), got Z = {img.shape[1]}")
+        _check_image_values(img, f"case '{cid}'")
         for c in range(num_channels):
             write_array(img[c], image_dir / f"{cid}_{c:04d}{file_ending}", case.geometry, seg=False)
         spatial = tuple(img.shape[1:])
@@ -440,6 +530,7 @@ def _write_case(case: CaseData, image_dir: Path, label_dir: Path | None, file_en
                 arr, _ = reader.read_images([str(f) for f in files])
         except Exception as e:  # nnU-Net raises bare RuntimeErrors on channel mismatches
             raise SemisamError(f"case '{cid}': cannot read its images ({type(e).__name__}: {e})") from None
+        _check_image_values(arr, f"case '{cid}'")
         spatial = tuple(arr.shape[1:])
         for c, f in enumerate(files):
             place_file(f, image_dir / f"{cid}_{c:04d}{file_ending}", link)
@@ -654,3 +745,110 @@ def check_raw_dataset(raw_dir: str | os.PathLike, num_processes: int = 1, nnunet
             seg, _ = ds.read_seg(label)
             _check_label(seg[0], img.shape[1:], allowed, f"case '{cid}' ({label.parent.name}/{label.name})")
     return ds
+
+
+def check_case_files(dataset: RawDataset, *, labeled: Sequence[LabeledCase] = (),
+                     unlabeled: Sequence[UnlabeledCase] = (), test: Sequence[LabeledCase] = (),
+                     hidden: bool = True) -> int:
+    """Read every case's files through nnU-Net's reader, as training, prediction and the teacher will, and
+    refuse what would fail or mislead later, in one line that names the case and the file:
+
+    - an image or label file that cannot be read (damaged, truncated, not the dataset's format), or channel
+      files of one case that differ in shape or geometry;
+    - NaN or Inf in an image (nnU-Net's normalisation and SAM's intensity mapping would spread them; note
+      that SimpleITK reads NaN/Inf in NIfTI files as 0, so only ``.nrrd`` / ``.mha`` files show them);
+    - a constant image (every voxel of every channel one value): an empty or broken file, nothing to learn,
+      nothing for the teacher to segment;
+    - a label whose shape or spacing differs from its image's, or that holds values dataset.json does not
+      declare (the ignore label is allowed in ``labeled`` cases' labels, as nnU-Net allows partial labels;
+      not in test or hidden labels).
+
+    Every file is read once, up to :data:`CHECK_THREADS` cases at a time.
+
+    Args:
+        dataset: the opened dataset.
+        labeled: training and validation cases (``labelsTr``).
+        unlabeled: unlabeled cases; with ``hidden``, their hidden labels (read by evaluation during the
+            rounds) are checked too.
+        test: held-out cases (``labelsTs``).
+
+    Returns:
+        The number of files read. Nothing is written.
+
+    Raises:
+        SemisamError: the first fault.
+    """
+    allowed = set(dataset.labels.values())
+    with_ignore = allowed | ({dataset.ignore_label} if dataset.ignore_label is not None else set())
+    jobs: list[tuple[str, tuple[Path, ...], Path | None, set[int]]] = \
+        [(c.case_id, tuple(c.image_files), c.label_file, with_ignore) for c in labeled]
+    jobs += [(c.case_id, tuple(c.image_files), dataset.hidden_label_file(c.case_id) if hidden else None, allowed)
+             for c in unlabeled]
+    jobs += [(c.case_id, tuple(c.image_files), c.label_file, allowed) for c in test]
+    reader = dataset.reader_writer
+
+    def check(job: tuple[str, tuple[Path, ...], Path | None, set[int]]) -> int:
+        cid, images, label, values = job
+        shape, spacing = _check_image_files(dataset, reader, cid, images)
+        if label is not None:
+            _check_label_file(dataset, reader, cid, label, shape, spacing, values)
+        return len(images) + (label is not None)
+
+    # threads: the readers decode in C++ / zlib without the GIL; a few, as each holds one case in memory
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(CHECK_THREADS, cores)))
+    try:
+        with _capture_fd_output():  # ITK's warnings go to the C stderr; the one error line says what matters
+            return sum(pool.map(check, jobs))  # in case order: the first fault raised is the first case's
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _shown(dataset: RawDataset, file: Path) -> str:
+    """``imagesTr/x_0000.png`` for a file in the dataset, else the full path."""
+    try:
+        return str(Path(file).relative_to(dataset.root))
+    except ValueError:
+        return str(file)
+
+
+def _unreadable(dataset: RawDataset, cid: str, what: str, file: Path, e: BaseException) -> SemisamError:
+    reason = e.strerror if isinstance(e, OSError) and e.errno and e.strerror else _damaged(dataset.file_ending)
+    return SemisamError(f"case '{cid}': cannot read {what}{_shown(dataset, file)} ({reason}); replace the file, "
+                        "or remove the case from the dataset")
+
+
+def _check_image_files(dataset: RawDataset, reader, cid: str, files: tuple[Path, ...]) -> tuple[tuple, Any]:
+    """Read one case's channel files; return ``(spatial shape, spacing)``."""
+    try:
+        image, props = reader.read_images([str(f) for f in files])
+    except Exception as e:  # noqa: BLE001 - readers raise anything from OSError to bare RuntimeErrors
+        for f in files:  # which file? each alone, then the channels together
+            try:
+                reader.read_images([str(f)])
+            except Exception as e1:  # noqa: BLE001
+                raise _unreadable(dataset, cid, "", f, e1) from None
+        raise SemisamError(f"case '{cid}': its channel files {[_shown(dataset, f) for f in files]} differ in shape "
+                           f"or geometry ({_error_detail(e)}); write every channel on one voxel grid") from None
+    where = f"case '{cid}' ({_shown(dataset, files[0])}{', ...' if len(files) > 1 else ''})"
+    _check_image_values(image, where)
+    flat = image.reshape(image.shape[0], -1)
+    if flat.size and np.all(flat.min(axis=1) == flat.max(axis=1)):
+        raise SemisamError(f"{where}: the image is constant (every voxel {float(flat[0, 0]):g}): an empty or broken "
+                           "file with nothing to segment; replace it, or remove the case from the dataset")
+    return tuple(image.shape[1:]), props.get("spacing")
+
+
+def _check_label_file(dataset: RawDataset, reader, cid: str, label: Path, shape: tuple, spacing: Any,
+                      allowed: set[int]) -> None:
+    try:
+        seg, props = reader.read_seg(str(label))
+    except Exception as e:  # noqa: BLE001
+        raise _unreadable(dataset, cid, "label ", label, e) from None
+    where = f"case '{cid}' ({_shown(dataset, label)})"
+    _check_label(seg[0], shape, allowed, where)
+    seg_spacing = props.get("spacing")
+    if spacing is not None and seg_spacing is not None and not np.allclose(seg_spacing, spacing):
+        raise SemisamError(f"{where}: image spacing {_numbers(list(spacing))} and label spacing "
+                           f"{_numbers(list(seg_spacing))} differ; write the label with its image's geometry "
+                           "(resample it onto the image)")
