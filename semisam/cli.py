@@ -8,15 +8,18 @@
     semisam bench --raw-dir DIR --work-dir DIR          does the teacher beat the student? (measured)
     semisam nnunet <nnUNetv2_command> [args ...]         nnU-Net's own commands, torchvision-safe
 
-Bad input ends with one ``error: ...`` line on stderr and exit status 2; nothing half-written is left.
+Bad input ends with one ``error: ...`` line on stderr and exit status 2; nothing half-written is left. So does a
+full disk (ENOSPC, EDQUOT, EFBIG) anywhere in a run: rerunning the same command resumes from the last complete step.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from semisam.utils.errors import SemisamError
+from semisam.utils.io import NO_SPACE_ERRNOS, quiet_finalizers, write_failure
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -29,7 +32,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         from semisam.loop.preflight import preflight
 
-        preflight(cfg)
+        for note in preflight(cfg).notes:
+            print(f"note: {note}", file=sys.stderr)
         print("ok")
         return 0
     from semisam.loop.experiment import run_experiment
@@ -41,6 +45,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from semisam.compare import CompareSpec, run_compare
 
+    if args.ratio is not None and not 0 < args.ratio < 1:  # before --out is written (NaN fails here too)
+        raise SemisamError(f"--ratio {args.ratio:g} must lie in (0, 1): the labeled fraction of each draw, whose "
+                           "other cases are its unlabeled ones; or give --labeled N")
     spec = CompareSpec(dataset=args.dataset, out=args.out, methods=args.methods, seeds=args.seeds,
                        draws=args.labeled_draws, labeled=args.labeled, ratio=args.ratio, overrides=args.overrides,
                        jobs=args.jobs, threads=args.threads, group=args.group, recipes=args.recipes,
@@ -183,14 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     from semisam import compat
 
     compat.install()
-    try:
-        return int(args.fn(args) or 0)
-    except SemisamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last complete step", file=sys.stderr)
-        return 130
+    with contextlib.ExitStack() as after_failure:
+        try:
+            return int(args.fn(args) or 0)
+        except SemisamError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command to resume from the last complete step", file=sys.stderr)
+            return 130
+        except OSError as e:  # a full disk anywhere (nnU-Net's files, checkpoints, reports): one line, then resume
+            if e.errno not in NO_SPACE_ERRNOS:
+                raise
+            after_failure.enter_context(quiet_finalizers(collect=True))  # writers that fail again when released
+            message = write_failure(e.filename, e.strerror or str(e), e.errno)
+    print(f"error: {message}", file=sys.stderr)
+    return SemisamError.exit_code
 
 
 if __name__ == "__main__":

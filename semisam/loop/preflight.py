@@ -13,20 +13,29 @@ round 0's training. In order:
    the checkpoint file is found (LiteMedSAM's embedded weights: SHA-256 checked) and its keys and shapes fit
    the architecture (memory-mapped, checked against the model built on the ``meta`` device);
 5. W&B credentials for ``logger.wandb=online``;
-6. free disk space against a rough estimate of the run's needs (:func:`disk_estimate`).
+6. free disk space against a rough estimate of the run's needs (:func:`disk_estimate`);
+7. every case's files, read as nnU-Net and the teacher will read them (:func:`semisam.data.check_case_files`:
+   unreadable files, NaN/Inf or constant images, labels of another shape or spacing or with undeclared
+   values), last because it reads the whole dataset once. A run folder that already holds started steps of
+   this run (same recipe, same dataset names and sizes) was checked when it started and is not read again.
 
-Nothing here writes a file.
+Not an error: a recipe with rounds on a dataset without unlabeled cases runs the supervised baseline only
+(:data:`NO_UNLABELED`, in :attr:`Built.notes`; ``semisam run --check`` prints it as a ``note:`` line).
+
+Nothing here leaves a file behind (the run folder's writability is probed with an empty folder that is removed
+at once).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from semisam.config import RunConfig, to_dict
-from semisam.data import RawDataset
+from semisam.data import RawDataset, check_case_files
 from semisam.utils.errors import SemisamError
 
 GiB = 1024 ** 3
@@ -38,13 +47,21 @@ DTYPE_BYTES = {"float32": 4, "float16": 2}
 _2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
+#: what a recipe with rounds does on a dataset without unlabeled cases (a documented skip, not an error)
+NO_UNLABELED = ("no unlabeled cases: running the supervised baseline only (for semi-supervised rounds add unlabeled "
+                "images to imagesTr/ or hold labels back with `python -m data_prep split --ratio r`; "
+                "loop.max_rounds=0 asks for the baseline)")
+
+
 @dataclass(frozen=True)
 class Built:
-    """What the build step found: the opened dataset, the run's cases and the run's identity (manifest)."""
+    """What the build step found: the opened dataset, the run's cases and the run's identity (manifest), and
+    notes for the user about what the run will skip."""
 
     dataset: RawDataset
     cases: Any  # semisam.loop.experiment.Cases
     identity: dict[str, Any]
+    notes: tuple[str, ...] = ()
 
 
 def needs_teacher(cfg: RunConfig) -> bool:
@@ -59,7 +76,7 @@ def preflight(cfg: RunConfig) -> Built:
         SemisamError: the first fault, in one line.
     """
     from semisam.loop.experiment import round0_steps, split_cases
-    from semisam.loop.state import check_resumable, run_identity
+    from semisam.loop.state import check_resumable, read_manifest, run_identity
 
     dataset = RawDataset.open(cfg.dataset.raw_dir)
     cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
@@ -79,11 +96,16 @@ def preflight(cfg: RunConfig) -> Built:
 
         require_wandb_credentials()
     check_disk(run_dir, disk_estimate(cfg, dataset, cases))
-    return Built(dataset, cases, identity)
+    started = None if cfg.restart else read_manifest(run_dir)  # check_resumable: a manifest here is this run's
+    if not (started and started.get("steps")):
+        check_case_files(dataset, labeled=[*cases.train, *cases.val], unlabeled=cases.unlabeled, test=cases.test)
+    notes = (NO_UNLABELED,) if cfg.loop.max_rounds > 0 and not cases.unlabeled else ()
+    return Built(dataset, cases, identity, notes)
 
 
 def check_writable(run_dir: Path) -> None:
-    """Refuse a run folder that is a file, or whose nearest existing folder we may not write in."""
+    """Refuse a run folder that is a file, or whose nearest existing folder we may not write in: by its
+    permissions, then by creating (and at once removing) an empty folder there."""
     path = Path(os.path.abspath(run_dir))
     if path.exists() and not path.is_dir():
         raise SemisamError(f"run folder {run_dir} is not writable (it is a file, not a folder); choose another run_dir")
@@ -94,6 +116,12 @@ def check_writable(run_dir: Path) -> None:
         raise SemisamError(f"run folder {run_dir} is not writable ({existing} is a file); choose another run_dir")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise SemisamError(f"run folder {run_dir} is not writable ({existing} is not writable); choose another run_dir")
+    try:  # os.access trusts permission bits: root passes it everywhere, as do some network and FUSE mounts
+        probe = tempfile.mkdtemp(prefix=".semisam-write-probe-", dir=existing)
+    except OSError as e:
+        raise SemisamError(f"run folder {run_dir} is not writable ({existing} is not writable: {e.strerror}); "
+                           "choose another run_dir") from None
+    os.rmdir(probe)
 
 
 def _num_slices(file: Path, ending: str, axis: int) -> int:
