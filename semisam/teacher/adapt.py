@@ -37,7 +37,7 @@ from semisam.teacher.models import SamModel
 from semisam.teacher.predictor import decode_prompts
 from semisam.teacher.preprocess import IntensityRule, TransformInfo, boxes_to_input, postprocess_logits
 from semisam.utils.errors import SemisamError
-from semisam.utils.io import atomic_write_path
+from semisam.utils.io import atomic_write_path, write_failure
 
 ADAPTED_FORMAT = "semisam.adapted_teacher.v1"
 
@@ -278,13 +278,23 @@ def adapted_state(model: SamModel) -> dict:
 
 
 def save_adapted(model: SamModel, path: str | Path, fingerprint: str = "") -> Path:
-    """Write the adapted prompt encoder + mask decoder to ``path`` atomically; return the path."""
+    """Write the adapted prompt encoder + mask decoder to ``path`` atomically; return the path.
+
+    Raises:
+        SemisamError: the file cannot be written (a full disk: one line; nothing is left at ``path``).
+    """
     path = Path(path)
     blob = adapted_state(model)
     blob["fingerprint"] = fingerprint
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write_path(path) as tmp:
-        torch.save(blob, tmp)
+    failure = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write_path(path) as tmp:
+            torch.save(blob, tmp)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
+        failure = (f"{type(e).__name__}: {str(e).strip()[:120]}", getattr(e, "errno", None))
+    if failure is not None:
+        raise SemisamError(write_failure(path, *failure))
     return path
 
 

@@ -110,6 +110,7 @@ class EmbeddingCache:
         self.hits_disk = 0
         self.misses = 0
         self.evictions = 0
+        self.write_errors = 0
 
     @staticmethod
     def key(image_2d: np.ndarray, model: "SamModel") -> str:
@@ -158,10 +159,19 @@ class EmbeddingCache:
         return entry
 
     def _write(self, path: Path, key: str, entry: tuple[torch.Tensor, TransformInfo], model: "SamModel") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write_path(path) as tmp:
-            torch.save({"embedding": entry[0], "info": entry[1].to_dict(), "model_id": model.spec.model_id,
-                        "key": key}, tmp)
+        """Store an entry; a failed write (a full disk, a file-size limit) leaves no file and is counted in
+        ``write_errors``, never an error: the entry stays in memory and the run goes on without the file."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write_path(path) as tmp:
+                torch.save({"embedding": entry[0], "info": entry[1].to_dict(), "model_id": model.spec.model_id,
+                            "key": key}, tmp)
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+            if not self.write_errors:
+                log.warning("cannot write embedding cache files in %s (%s: %s); going on without them "
+                            "(is the disk full?)", self.cache_dir, type(e).__name__, str(e).strip()[:120])
+            self.write_errors += 1
+            return
         if self.max_disk_bytes is not None:
             if self._disk_bytes is None:
                 self._disk_bytes = sum(size for *_, size in self._files())
@@ -246,7 +256,7 @@ class EmbeddingCache:
 
     def stats(self) -> dict[str, int | float]:
         """Counters of this process: ``hits`` (``hits_memory`` + ``hits_disk``), ``misses``, ``in_memory``,
-        ``hit_rate``, ``evictions``; and the folder as it is now: ``disk_files`` and ``disk_bytes`` (every
+        ``hit_rate``, ``evictions``, ``write_errors`` (entries not stored on disk); and the folder as it is now: ``disk_files`` and ``disk_bytes`` (every
         entry under ``cache_dir``, also other processes'; 0 for a memory-only cache)."""
         total = self.hits_memory + self.hits_disk + self.misses
         files = self._files()
@@ -260,4 +270,5 @@ class EmbeddingCache:
             "disk_files": len(files),
             "disk_bytes": sum(size for *_, size in files),
             "evictions": self.evictions,
+            "write_errors": self.write_errors,
         }

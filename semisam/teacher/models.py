@@ -175,8 +175,10 @@ def load_checkpoint_state(path: str | os.PathLike, name: str, mmap: bool = False
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split(". ")[0].rstrip(".")[:120]  # torch's zip errors go on with advice about miniz
         raise SemisamError(
-            f"cannot read checkpoint {path} for teacher '{name}' (truncated or not a PyTorch file?): {first[:160]}"
+            f"cannot read checkpoint {path} for teacher '{name}': truncated or not a PyTorch file "
+            f"({type(e).__name__}: {first}); download it again, or pass the right teacher.checkpoint"
         ) from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):

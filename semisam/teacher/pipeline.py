@@ -181,6 +181,10 @@ class PseudoLabeler:
             image: ``(C, Z, Y, X)`` (2D cases: Z == 1), raw intensities.
             student_probs: ``(K, Z, Y, X)`` the student's class probabilities, background first.
 
+        A case is skipped (not accepted, every pixel the ignore label, counted in :attr:`stats` with its
+        ``skip_reason``) when the student predicts no foreground anywhere (``"no_foreground"``: no prompt can
+        be made) or, with a teacher, when the image's first channel is constant (``"constant_image"``).
+
         Raises:
             SemisamError: NaN/Inf, shapes that differ, probabilities that do not sum to one.
         """
@@ -189,8 +193,13 @@ class PseudoLabeler:
             raise SemisamError(f"case {case_id}: image must be (C, Z, Y, X), got shape {image.shape}")
         probs = validate_probs(student_probs, image.shape)
         student = student_hard_labels(probs, threshold=self.p.threshold, overlap=self.p.overlap)
-        if not (student > 0).any():
-            stats = CaseStats.skipped_case(case_id, "no_foreground")
+        skip = None
+        if self.teacher is not None and image[0].size and image[0].min() == image[0].max():
+            skip = "constant_image"  # SAM sees the first channel: one value everywhere, nothing to segment
+        elif not (student > 0).any():
+            skip = "no_foreground"  # no object, no prompt: nothing to ask the teacher
+        if skip is not None:
+            stats = CaseStats.skipped_case(case_id, skip)
             self.stats.append(stats)
             empty = np.full(student.shape, self.ignore_label, dtype=np.uint8)
             return PseudoLabel(empty, student, None, False, stats.to_dict())

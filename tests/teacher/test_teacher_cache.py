@@ -23,7 +23,7 @@ def test_second_pass_hits_memory(tiny_model):
     b, info2 = cache.get_or_compute(_image(), tiny_model)
     assert a.shape == (1, 32, 16, 16) and info == info2 and torch.equal(a, b)
     assert cache.stats() == {"hits": 1, "hits_memory": 1, "hits_disk": 0, "misses": 1, "in_memory": 1, "hit_rate": 0.5,
-                             "disk_files": 0, "disk_bytes": 0, "evictions": 0}
+                             "disk_files": 0, "disk_bytes": 0, "evictions": 0, "write_errors": 0}
 
 
 def test_disk_persists_across_instances(tiny_model, tmp_path):
