@@ -23,10 +23,10 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test test-fast bench bench-compare clean-venv
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+$(VENV)/.installed: pyproject.toml setup.py constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet "pip>=23" setuptools wheel
-	$(PY) -m pip install --quiet $(CONSTRAINTS) -e ".[test,mobilesam]"
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e ".[test,mobilesam,datasets]"
 	touch $@
 
 venv: $(VENV)/.installed
