@@ -206,7 +206,7 @@ def test_semisam_run_online_on_3d_with_live_wandb(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "semisam", *args], env=env, capture_output=True, text=True,
                           timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "round 0: online training with mean_teacher consistency and SAM term on 3 unlabeled cases" in proc.stdout
+    assert "round 0: online training with mean_teacher consistency and SAM term on 3 unlabeled cases" in proc.stderr
     manifest = json.loads((run_dir / "manifest.json").read_text())
     model = Path(manifest["steps"]["r0/train"]["result"]["model"])
     extra = read_checkpoint(model / "fold_all" / "checkpoint_final.pth")["semisam"]
