@@ -19,6 +19,8 @@ Adapted weights (prompt encoder + mask decoder, with the base model's ``model_id
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import time
@@ -363,6 +365,32 @@ def adapt_or_load(model: SamModel, cache: EmbeddingCache, labeled: Sequence[tupl
     fingerprint = adaptation_fingerprint(model, labeled, classes,
                                          {k: v for k, v in settings.items() if k != "progress"})
     shared = None if shared_dir is None else Path(shared_dir) / f"{fingerprint}.pt"
+    # runs started together (a comparison's seeds of one draw) adapt once: the others wait, then copy
+    with _exclusive(None if shared is None else shared.with_suffix(".lock")):
+        return _adapt_or_load(model, cache, labeled, classes, path, shared, fingerprint, settings)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path | None):
+    """Hold an exclusive lock on ``lock_file`` (POSIX ``flock``) for the block; nothing where it cannot."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst two runs adapt the same
+        fcntl = None
+    if lock_file is None or fcntl is None:
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _adapt_or_load(model: SamModel, cache: EmbeddingCache, labeled, classes, path: Path, shared: Path | None,
+                   fingerprint: str, settings: dict) -> dict:
     for candidate in (path, shared):
         if candidate is None or not candidate.is_file():
             continue
