@@ -521,11 +521,12 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus, under ``"semisam"``, the EMA teacher, the online settings, the epoch of the
-        pseudo-label store and the per-epoch records; written atomically (a temporary file renamed)."""
+        """nnU-Net's checkpoint plus, with online terms, under ``"semisam"``: the EMA teacher, the online settings,
+        the epoch of the pseudo-label store and the per-epoch records; then rewritten atomically (a temporary file
+        renamed)."""
         super().save_checkpoint(filename)
-        if self.local_rank != 0 or self.disable_checkpointing or not os.path.isfile(filename):
-            return
+        if not self.online or self.local_rank != 0 or self.disable_checkpointing or not os.path.isfile(filename):
+            return  # without online terms nnU-Net's checkpoint is all there is
         checkpoint = read_checkpoint(filename)
         checkpoint["semisam"] = {
             "online": None if self.semisam_online is None else self.semisam_online.to_dict(),
