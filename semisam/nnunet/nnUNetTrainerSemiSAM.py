@@ -253,11 +253,10 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         if overrides.teacher_cache_dir is not None:
             self.semisam_teacher_cache_dir = overrides.teacher_cache_dir
         if overrides.recipe is not None:
+            from semisam.config import to_dict
             from semisam.online.settings import OnlineSettings
 
             self.semisam_recipe = load_recipe(overrides.recipe, self.plans_manager.dataset_name)
-            from semisam.config import to_dict
-
             self.semisam_online = OnlineSettings.from_mapping(to_dict(self.semisam_recipe)["online"])
 
     @property

@@ -9,8 +9,6 @@ nnU-Net's, so teacher and student see aligned pixels.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -156,8 +154,3 @@ class StrongView:
         partner, mask = self.cutmix_boxes(x)
         mix = lambda t: torch.where(mask, t[partner], t)  # noqa: E731
         return (mix(strong), *(mix(t) for t in targets))
-
-
-def clone_network(network: torch.nn.Module) -> torch.nn.Module:
-    """A detached copy of a network (used in tests to compare trainers on equal weights)."""
-    return copy.deepcopy(unwrap(network))

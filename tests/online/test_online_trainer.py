@@ -28,9 +28,10 @@ from semisam.utils.errors import SemisamError
 
 pytestmark = pytest.mark.slow
 
+# the tiny random SAM (plumbing, not quality), the SAM term from the first epoch; adapted only in the 3D run
 SAM_RECIPE = ["experiment=semisam", "teacher=tiny_random", "prompts=box", "filters=student",
-              "teacher.adapt.steps=2", "teacher.adapt.batch_size=2", "online.sam_weight.start=0.0",
-              "online.sam_weight.ramp_up=0.0"]
+              "teacher.adapt.enabled=false", "online.sam_weight.start=0.0", "online.sam_weight.ramp_up=0.0"]
+ADAPT = ["teacher.adapt.enabled=true", "teacher.adapt.steps=2", "teacher.adapt.batch_size=2"]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_sam_term_gradient_moves_the_student_toward_sams_mask(planned):
     from semisam.online.unlabeled import UnlabeledBatch
 
     student = planned["student"]
-    trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=SAM_RECIPE))
+    trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=["experiment=mean_teacher"]))
     with student.env():
         trainer.on_train_start()
         unl = UnlabeledBatch.from_loader(next(trainer.dataloader_unlabeled))
@@ -201,7 +202,7 @@ def test_semisam_run_online_on_3d_with_live_wandb(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "nnUNet_n_proc_DA": "0", "WANDB_DIR": str(tmp_path / "wb")}
     env.pop("WANDB_MODE", None)
-    args = ["run", *SAM_RECIPE, f"dataset.raw_dir={raw}", f"run_dir={run_dir}", "student=tiny", "student.epochs=2",
+    args = ["run", *SAM_RECIPE, *ADAPT, f"dataset.raw_dir={raw}", f"run_dir={run_dir}", "student=tiny", "student.epochs=2",
             "student.configuration=3d_fullres", "logger=offline", "device=cpu"]
     proc = subprocess.run([sys.executable, "-m", "semisam", *args], env=env, capture_output=True, text=True,
                           timeout=900, cwd=tmp_path)
@@ -211,6 +212,7 @@ def test_semisam_run_online_on_3d_with_live_wandb(tmp_path):
     model = Path(manifest["steps"]["r0/train"]["result"]["model"])
     extra = read_checkpoint(model / "fold_all" / "checkpoint_final.pth")["semisam"]
     assert len(extra["history"]) == 2 and extra["history"][-1]["refresh_cases"] == 3
+    assert "SAM adapted on 2 labeled cases" in "".join(p.read_text() for p in (model / "fold_all").glob("training_log_*"))
     rows = history_rows(wait_for_records(next((tmp_path / "wb" / "wandb").glob("offline-run-*"))))
     live = [r for r in rows if "train_live/sam" in r]
     rounds = [r for r in rows if "round/test/dice_mean" in r]
