@@ -129,7 +129,7 @@ class CountingLabeler:
         self.refs: list[weakref.ref] = []
         self.alive_at_call: list[int] = []
 
-    def __call__(self, image: np.ndarray, probs: np.ndarray) -> _Result:
+    def __call__(self, image: np.ndarray, probs: np.ndarray, case_id: str = "") -> _Result:
         gc.collect()
         self.alive_at_call.append(sum(r() is not None for r in self.refs))
         pseudo, student, teacher, accepted = fake_maps(image, probs)
