@@ -37,8 +37,8 @@ STORE_META = "semisam_store.json"
 @dataclass(frozen=True)
 class UnlabeledBatch:
     """A batch of unlabeled patches after nnU-Net's augmentation. There is no target: ``pseudo`` is the SAM
-    pseudo-label store cropped and augmented with the patch (``ignore_value`` where there is none yet), one
-    tensor per deep-supervision scale."""
+    pseudo-label store cropped and augmented with the patch (stored values: :func:`decode_store` turns them into
+    targets), one tensor per deep-supervision scale."""
 
     data: torch.Tensor
     pseudo: list[torch.Tensor]
