@@ -83,7 +83,7 @@ def run_experiment(cfg: RunConfig) -> dict[str, Any]:
     from semisam.online.settings import OnlineSettings
 
     built = preflight(cfg)  # every fault that can be found before work fails here, before anything is written
-    if not built.cases.unlabeled and OnlineSettings.from_mapping(to_dict(cfg)["online"]).enabled:
+    if not built.cases.unlabeled and OnlineSettings.from_config(cfg).enabled:
         raise SemisamError(f"online training (experiment={cfg.experiment}) needs unlabeled cases, but "
                            f"{built.dataset.name} has none; add images without labels or run experiment=supervised")
     run_dir = Path(cfg.run_dir)

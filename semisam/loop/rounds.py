@@ -56,7 +56,7 @@ class Experiment:
         """Whether round 0 trains online (``online.*``: unlabeled batches inside nnU-Net's trainer)."""
         from semisam.online.settings import OnlineSettings
 
-        return OnlineSettings.from_mapping(to_dict(self.cfg)["online"]).enabled
+        return OnlineSettings.from_config(self.cfg).enabled
 
     def finetunes(self, r: int) -> bool:
         """Whether round ``r`` ends with a fine-tune on the labeled cases only (``loop.final_finetune_epochs``)."""

@@ -225,6 +225,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self._sam_store_epoch: int | None = None
         self._refresh_stats: dict = {}
         self._resumed_store_epoch: int | None = None
+        self._iteration = 0  # within the epoch: where λ(t) is read
+        self._epoch_record: dict | None = None  # the online terms' means of the epoch, for on_epoch_end
         self.apply_overrides(TrainerOverrides.from_env(plans.get("dataset_name")))
 
     def apply_overrides(self, overrides: TrainerOverrides) -> None:
@@ -253,11 +255,10 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         if overrides.teacher_cache_dir is not None:
             self.semisam_teacher_cache_dir = overrides.teacher_cache_dir
         if overrides.recipe is not None:
-            from semisam.config import to_dict
             from semisam.online.settings import OnlineSettings
 
             self.semisam_recipe = load_recipe(overrides.recipe, self.plans_manager.dataset_name)
-            self.semisam_online = OnlineSettings.from_mapping(to_dict(self.semisam_recipe)["online"])
+            self.semisam_online = OnlineSettings.from_config(self.semisam_recipe)
 
     @property
     def online(self) -> bool:
@@ -414,8 +415,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         from semisam.online.unlabeled import UnlabeledBatch, decode_store
 
         o = self.semisam_online
-        t = self._progress(getattr(self, "_iteration", 0))
-        self._iteration = getattr(self, "_iteration", 0) + 1
+        t = self._progress(self._iteration)
+        self._iteration += 1
         lam_c = o.consistency_weight(t) if o.consistency != "none" else 0.0
         lam_s = o.sam_weight(t) if self._sam_store_epoch is not None else 0.0
         if lam_c == 0 and lam_s == 0:
@@ -495,7 +496,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self._epoch_record = record
 
     def on_epoch_end(self):
-        record = dict(getattr(self, "_epoch_record", None) or {"epoch": self.current_epoch})
+        record = dict(self._epoch_record or {"epoch": self.current_epoch})
         self._epoch_record = None
         for key, name in (("train_losses", "loss"), ("val_losses", "val_loss"), ("mean_fg_dice", "pseudo_dice"),
                           ("ema_fg_dice", "ema_pseudo_dice"), ("lrs", "lr")):
@@ -643,11 +644,9 @@ def load_recipe(recipe: str | Sequence[str], dataset_name: str):
 
 def check_weights_match(network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise one line if ``state`` is not a state dict of ``network`` (keys or shapes differ)."""
-    module = network
-    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        module = module.module
-    module = getattr(module, "_orig_mod", module)
-    own = module.state_dict()
+    from semisam.online.terms import unwrap
+
+    own = unwrap(network).state_dict()
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -751,11 +750,10 @@ def load_network_weights(network: torch.nn.Module, checkpoint_file: str | os.Pat
     if not checkpoint_file.is_file():
         raise _error(f"initial checkpoint {checkpoint_file} does not exist")
     state = read_checkpoint_weights(checkpoint_file, map_location="cpu")
+    from semisam.online.terms import unwrap
+
     check_weights_match(network, state, str(checkpoint_file))
-    module = network
-    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        module = module.module
-    getattr(module, "_orig_mod", module).load_state_dict(state)
+    unwrap(network).load_state_dict(state)
 
 
 def read_checkpoint(checkpoint_file: str | os.PathLike, map_location: Any = "cpu") -> dict:

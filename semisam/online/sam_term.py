@@ -64,11 +64,11 @@ class SamRefresher:
                                         self.dataset_json, "nnUNetTrainerSemiSAM", None)
         return predictor
 
+    @staticmethod
     @torch.no_grad()
-    def probabilities(self, network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-        """Softmax ``(K, *spatial)`` of ``network`` on a preprocessed image ``(C, *spatial)``."""
-        with without_deep_supervision(network):
-            logits = self._predictor(network).predict_sliding_window_return_logits(torch.from_numpy(image))
+    def probabilities(predictor, image: np.ndarray) -> np.ndarray:
+        """Softmax ``(K, *spatial)`` of the predictor's network on a preprocessed image ``(C, *spatial)``."""
+        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(image))
         return torch.softmax(torch.as_tensor(logits).float(), 0).cpu().numpy()
 
     def refresh(self, network: torch.nn.Module, epoch: int) -> dict:
@@ -85,19 +85,21 @@ class SamRefresher:
         pseudo: dict[str, np.ndarray] = {}
         accepted = kept = fg = changed = total = 0
         try:
-            for case in self.cases:
-                image = read_image(self.folder, case)
-                probs = self.probabilities(network, image)
-                out = self.labeler(image, probs, case_id=case)
-                stored = encode_store(out.pseudo, self.labeler.ignore_label).reshape(image.shape[1:])
-                if not out.accepted:
-                    stored = np.zeros_like(stored)
-                accepted += bool(out.accepted)
-                kept += int((stored > 0).sum())
-                fg += int((stored > 1).sum())
-                changed += int((read_store(self.folder, case).reshape(stored.shape) != stored).sum())
-                total += stored.size
-                pseudo[case] = stored[None]
+            with without_deep_supervision(network):
+                predictor = self._predictor(network)
+                for case in self.cases:
+                    image = read_image(self.folder, case)
+                    probs = self.probabilities(predictor, image)
+                    out = self.labeler(image, probs, case_id=case)
+                    stored = encode_store(out.pseudo, self.labeler.ignore_label).reshape(image.shape[1:])
+                    if not out.accepted:
+                        stored = np.zeros_like(stored)
+                    accepted += bool(out.accepted)
+                    kept += int((stored > 0).sum())
+                    fg += int((stored > 1).sum())
+                    changed += int((read_store(self.folder, case).reshape(stored.shape) != stored).sum())
+                    total += stored.size
+                    pseudo[case] = stored[None]
         finally:
             network.train(was_training)
         write_store(self.folder, pseudo, epoch, self.configuration_manager.patch_size)

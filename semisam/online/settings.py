@@ -109,6 +109,13 @@ class OnlineSettings:
                 values[name] = Ramp(**ramp)
         return cls(**values)
 
+    @classmethod
+    def from_config(cls, cfg) -> "OnlineSettings":
+        """From a composed recipe (:class:`semisam.config.schema.RunConfig`)."""
+        from semisam.config import to_dict
+
+        return cls.from_mapping(to_dict(cfg)["online"])
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
