@@ -57,7 +57,7 @@ def one_round(work: Path, n: int, size: int) -> dict:
     torch.set_num_threads(1)
     from semisam.config import compose
     from semisam.data import RawDataset
-    from semisam.loop.experiment import split_cases
+    from semisam.loop.cases import split_cases
     from semisam.loop.rounds import Experiment
     from semisam.loop.state import RunState
 

@@ -22,11 +22,9 @@ the file names (``ISIC_0000000``).
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 
-from data_prep.sources import RGB_CHANNELS, check_max_size, holdout, load_2d_case, locate, paired_files, write_staged
-from semisam.data import make_split
+from data_prep.sources import check_max_size, holdout, locate, paired_files, write_rgb_2d
 from semisam.utils.errors import SemisamError
 
 INPUT = "ISIC2018_Task1-2_{part}_Input"
@@ -89,14 +87,10 @@ def make_isic2018(src: str | os.PathLike, out_dir: str | os.PathLike, *, labeled
         cases = train_pairs
         train, test = holdout(list(train_pairs), fraction, test_seed)
         how = f"test fraction {fraction} of the training images, test seed {test_seed}"
-    split = make_split(train, labeled=labeled, ratio=None if labeled is not None else ratio, seed=seed, test=test,
-                       source=f"isic2018 ({how}; max size {max_size})")
-    loaders = {cid: partial(load_2d_case, image, [mask], rgb=True, max_size=max_size)
-               for cid, (image, mask) in cases.items()}
-    return write_staged(
-        out_dir, loaders=loaders, split=split, file_ending=".png", overwrite=overwrite, verify=verify,
-        name="Dataset506_ISIC2018", labels={"background": 0, "lesion": 1}, channel_names=RGB_CHANNELS,
-        description=f"ISIC 2018 task 1 skin lesions; test cases: {how}"
-                    + (f"; longest side shrunk to at most {max_size} px" if max_size else ""),
+    return write_rgb_2d(
+        out_dir, cases, train, test, labeled=labeled, ratio=ratio, seed=seed, max_size=max_size,
+        source=f"isic2018 ({how}; max size {max_size})", overwrite=overwrite, verify=verify,
+        name="Dataset506_ISIC2018", labels={"background": 0, "lesion": 1},
+        description=f"ISIC 2018 task 1 skin lesions; test cases: {how}",
         extra_json={"license": "the ISIC 2018 release's terms (not redistributed by semisam)",
                     "reference": "Codella et al., arXiv:1902.03368 (2019); Tschandl et al., Sci. Data 5 (2018)"})

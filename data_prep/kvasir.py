@@ -15,11 +15,9 @@ official split); ``labeled`` (or ``ratio`` of the) remaining images are drawn wi
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 
-from data_prep.sources import RGB_CHANNELS, check_max_size, holdout, load_2d_case, locate, paired_files, write_staged
-from semisam.data import make_split
+from data_prep.sources import check_max_size, holdout, locate, paired_files, write_rgb_2d
 
 FOLDER = "Kvasir-SEG"
 
@@ -48,15 +46,11 @@ def make_kvasir(src: str | os.PathLike, out_dir: str | os.PathLike, *, labeled: 
     check_max_size(max_size)
     cases = find_kvasir(src)
     train, test = holdout(list(cases), test_fraction, test_seed)
-    split = make_split(train, labeled=labeled, ratio=None if labeled is not None else ratio, seed=seed, test=test,
-                       source=f"kvasir (test fraction {test_fraction}, test seed {test_seed}, max size {max_size})")
-    loaders = {cid: partial(load_2d_case, image, [mask], rgb=True, max_size=max_size)
-               for cid, (image, mask) in cases.items()}
-    return write_staged(
-        out_dir, loaders=loaders, split=split, file_ending=".png", overwrite=overwrite, verify=verify,
-        name="Dataset505_KvasirSEG", labels={"background": 0, "polyp": 1}, channel_names=RGB_CHANNELS,
-        description="Kvasir-SEG colonoscopy polyps; JPEG masks thresholded at > 127"
-                    + (f"; longest side shrunk to at most {max_size} px" if max_size else ""),
+    return write_rgb_2d(
+        out_dir, cases, train, test, labeled=labeled, ratio=ratio, seed=seed, max_size=max_size,
+        source=f"kvasir (test fraction {test_fraction}, test seed {test_seed}, max size {max_size})",
+        overwrite=overwrite, verify=verify, name="Dataset505_KvasirSEG", labels={"background": 0, "polyp": 1},
+        description="Kvasir-SEG colonoscopy polyps; JPEG masks thresholded at > 127",
         extra_json={"license": "the Kvasir-SEG release's terms (not redistributed by semisam)",
                     "reference": "Jha et al., Kvasir-SEG: a segmented polyp dataset, MMM 2020"})
 

@@ -232,3 +232,26 @@ def write_staged(out_dir: str | os.PathLike, *, loaders: Mapping[str, CaseLoader
         return write_raw_dataset(out_dir, cases=[staged[c] for c in split.training],
                                  test_cases=[staged[c] for c in split.test], file_ending=file_ending, split=split,
                                  overwrite=overwrite, verify=verify, **dataset)  # type: ignore[arg-type]
+
+
+def write_rgb_2d(out_dir: str | os.PathLike, pairs: Mapping[str, tuple[Path, Path]], train: Sequence[str],
+                 test: Sequence[str], *, labeled: int | None, ratio: float | None, seed: int, source: str,
+                 max_size: int | None, description: str, overwrite: bool = False, verify: bool = False,
+                 **dataset: object) -> Path:
+    """An RGB 2D binary dataset from ``{case id: (image, mask)}`` pairs (Kvasir-SEG, ISIC 2018): the split
+    (``labeled`` wins over ``ratio``; its ``source`` says how test cases were chosen), each case read by
+    :func:`load_2d_case` (longest side shrunk to ``max_size``, said in the ``description``), written by
+    :func:`write_staged` as PNG (``dataset``: its ``name``, ``labels``, ``extra_json``).
+    """
+    from functools import partial
+
+    from semisam.data import make_split
+
+    split = make_split(list(train), labeled=labeled, ratio=None if labeled is not None else ratio, seed=seed,
+                       test=list(test), source=source)
+    loaders = {cid: partial(load_2d_case, image, [mask], rgb=True, max_size=max_size)
+               for cid, (image, mask) in pairs.items()}
+    if max_size:
+        description += f"; longest side shrunk to at most {max_size} px"
+    return write_staged(out_dir, loaders=loaders, split=split, file_ending=".png", overwrite=overwrite, verify=verify,
+                        channel_names=RGB_CHANNELS, description=description, **dataset)

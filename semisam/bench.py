@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from semisam.utils.io import write_json_atomic
+from semisam.utils.progress import speaker
 
 FUSIONS = ("student", "sam", "agree", "weighted")
 PROMPT_RECIPES = {
@@ -34,8 +35,7 @@ PROMPT_RECIPES = {
 }
 
 
-def _say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+_say = speaker("bench")
 
 
 def train_student(raw_dir: Path, work: Path, *, epochs: int, iterations: int, device: str, seed: int = 0) -> Path:
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from semisam.data import RawDataset
     from semisam.eval.metrics import pooled_dice
     from semisam.loop.evaluation import pseudo_quality
-    from semisam.student.driver import load_probabilities
-    from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler, build_pseudolabeler
+    from semisam.data.probabilities import load_probabilities
+    from semisam.pseudolabel.pipeline import FilterSettings, PromptSettings, PseudoLabeler, build_pseudolabeler
 
     torch.manual_seed(args.seed)  # belt and braces: the student and the teacher get the seed explicitly
     work = Path(args.work_dir)

@@ -58,7 +58,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     from semisam.config import compose
-    from semisam.teacher.pipeline import pseudolabel_folder
+    from semisam.pseudolabel.folder import pseudolabel_folder
 
     cfg = compose(args.overrides, config_dir=args.recipes)
     pseudolabel_folder(

@@ -320,7 +320,7 @@ def test_disk_full_while_writing_pseudo_labels(dataset: str, sources: Path, tmp_
 def pseudolabeler():
     """The loop's teacher pipeline, built from the smoke recipe (the tiny random SAM)."""
     from semisam.config import compose
-    from semisam.teacher.pipeline import build_pseudolabeler
+    from semisam.pseudolabel.pipeline import build_pseudolabeler
 
     return build_pseudolabeler(compose(["experiment=smoke"]), ignore_label=2, cache_dir=None)
 

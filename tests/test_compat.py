@@ -260,22 +260,22 @@ def test_with_device_only_when_missing(monkeypatch, capsys):
 
 
 def test_planner_guard_raises_zero_for_planner_commands_only(monkeypatch, capsys):
-    from semisam.nnunet.__main__ import planner_safe_n_proc_da
+    from semisam.nnunet.__main__ import planner_guard
 
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     for name in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_plan_experiment"):
-        with planner_safe_n_proc_da(name):
+        with planner_guard(name):
             assert os.environ["nnUNet_n_proc_DA"] == "1"
         assert os.environ["nnUNet_n_proc_DA"] == "0"
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "nnUNet_n_proc_DA=0 raised to 1 for nnUNetv2_plan_and_preprocess" in err[0]
-    with planner_safe_n_proc_da("nnUNetv2_train"):
+    assert len(err) == 2 and "nnUNetv2_plan_and_preprocess: nnUNet_n_proc_DA=0 raised to 1" in err[0]
+    with planner_guard("nnUNetv2_train"):
         assert os.environ["nnUNet_n_proc_DA"] == "0"  # training: augmentation in the main process
     monkeypatch.setenv("nnUNet_n_proc_DA", "3")
-    with planner_safe_n_proc_da("nnUNetv2_plan_and_preprocess"):
+    with planner_guard("nnUNetv2_plan_and_preprocess"):
         assert os.environ["nnUNet_n_proc_DA"] == "3"
     monkeypatch.delenv("nnUNet_n_proc_DA")
-    with planner_safe_n_proc_da("nnUNetv2_plan_and_preprocess"):
+    with planner_guard("nnUNetv2_plan_and_preprocess"):
         assert "nnUNet_n_proc_DA" not in os.environ
     assert capsys.readouterr().err == ""
 

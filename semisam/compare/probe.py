@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,12 @@ import numpy as np
 
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import atomic_write_path, write_json_atomic
+from semisam.utils.progress import speaker
 
 METRICS = ("dice_all", "student", "kept_dice", "kept", "accept", "missed", "student_missed", "sam")
 
 
-def say(message: str) -> None:
-    print(f"[probe] {message}", file=sys.stderr, flush=True)
+say = speaker("probe")
 
 
 def find_runs(compare_dir: Path, method: str, pattern: str = "draw*_seed*") -> list[Path]:
@@ -58,13 +57,11 @@ def rule_settings(rule: str, raw_dir: str, recipes: Path | None):
     the recipes (the rule's teacher, student and loop settings are not used)."""
     from semisam.compare.methods import parse_method
     from semisam.config import compose, list_options
-    from semisam.teacher.pipeline import FilterSettings, PromptSettings
+    from semisam.pseudolabel.pipeline import FilterSettings, PromptSettings
 
     method = parse_method(rule, list_options(recipes)["experiment"])
     cfg = compose([*method.overrides, *method.extra, f"dataset.raw_dir={raw_dir}"], config_dir=recipes)
-    return (PromptSettings(**{k: getattr(cfg.prompts, k) for k in PromptSettings.__dataclass_fields__}),
-            FilterSettings(**{k: getattr(cfg.filters, k) for k in FilterSettings.__dataclass_fields__}),
-            cfg.teacher.name)
+    return PromptSettings.of(cfg.prompts), FilterSettings.of(cfg.filters), cfg.teacher.name
 
 
 def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> dict[str, dict]:
@@ -74,9 +71,9 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     from semisam.config import from_dict
     from semisam.data import RawDataset
     from semisam.eval.metrics import PooledDice
-    from semisam.loop.experiment import split_cases
-    from semisam.student.driver import load_probabilities
-    from semisam.teacher.pipeline import PseudoLabeler, build_pseudolabeler
+    from semisam.loop.cases import split_cases
+    from semisam.data.probabilities import load_probabilities
+    from semisam.pseudolabel.pipeline import PseudoLabeler, build_pseudolabeler
 
     todo = {k: v for k, v in rules.items() if k not in done}
     if not todo:

@@ -39,12 +39,12 @@ from semisam.config.compose import list_options, recipes_dir
 from semisam.data.identity import dataset_identity
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import write_json_atomic
+from semisam.utils.progress import speaker
 
 SPEC_FILE = "compare_spec.json"
 
 
-def say(message: str) -> None:
-    print(f"[compare] {message}", file=sys.stderr, flush=True)
+say = speaker("compare")
 
 
 @dataclass

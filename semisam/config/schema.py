@@ -15,29 +15,11 @@ Configs stop at the builders: code below them receives plain scalars and tensors
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from omegaconf import MISSING
-
-__all__ = [
-    "AdaptConfig",
-    "DatasetConfig",
-    "FiltersConfig",
-    "IntensityConfig",
-    "LoggerConfig",
-    "LoopConfig",
-    "OnlineConfig",
-    "WeightSchedule",
-    "PromptsConfig",
-    "RunConfig",
-    "StudentConfig",
-    "TeacherConfig",
-    "GROUPS",
-    "TEACHER_NAMES",
-    "FUSION_MODES",
-    "register_schemas",
-]
 
 TEACHER_NAMES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam_vit_t", "tiny_random", "none")
 FUSION_MODES = ("sam", "student", "agree", "union", "choose", "weighted")
@@ -61,6 +43,44 @@ def positive(default: Any) -> Any:
 def prob(default: Any) -> Any:
     """A probability or threshold: a number in ``[0, 1]``."""
     return bounded(default, 0.0, 1.0)
+
+
+def settings_of(schema: type, nested: Mapping[str, type] | None = None) -> Callable[[type], type]:
+    """Class decorator: a frozen dataclass with exactly ``schema``'s fields and defaults, for the code below the
+    builders (plain values, never a config object). A field added to the schema appears in its settings.
+
+    The decorated class adds behaviour only (methods, ``__post_init__`` checks); ``nested`` maps a field name to
+    the settings class of a nested schema node (its default is that class's default instance). The class gets
+    ``of(node)``: the settings from a config node or any object with the schema's attributes.
+    """
+
+    def decorate(cls: type) -> type:
+        annotations = {}
+        for f in dataclasses.fields(schema):
+            sub = (nested or {}).get(f.name)
+            if sub is not None:
+                annotations[f.name] = sub.__name__
+                setattr(cls, f.name, field(default_factory=sub))
+            elif f.default_factory is not dataclasses.MISSING:
+                annotations[f.name] = f.type
+                setattr(cls, f.name, field(default_factory=f.default_factory))
+            else:
+                annotations[f.name] = f.type
+                setattr(cls, f.name, f.default)
+        cls.__annotations__ = annotations
+
+        def of(klass, node: Any):
+            values = {}
+            for f in dataclasses.fields(klass):
+                v = getattr(node, f.name)
+                sub = (nested or {}).get(f.name)
+                values[f.name] = sub.of(v) if sub is not None and not isinstance(v, sub) else v
+            return klass(**values)
+
+        cls.of = classmethod(of)
+        return dataclass(frozen=True)(cls)
+
+    return decorate
 
 
 @dataclass
@@ -135,6 +155,11 @@ class TeacherConfig:
     cache_max_gb: Optional[float] = bounded(None, 0.0)  # cap on the cache folder in GB, LRU eviction; None: no cap
     decode_batch: int = bounded(64, 1)  # prompts per mask-decoder call
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+
+    @property
+    def enabled(self) -> bool:
+        """False for ``teacher=none``: no SAM is built, and pseudo-labels can only be the student's own."""
+        return self.name != "none"
 
 
 @dataclass

@@ -111,11 +111,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if p.source == "everything" and (p.second_pass or f.perturbations):
         raise SemisamError("prompts.source=everything matches SAM's automatic masks; it cannot be combined with "
                            "prompts.second_pass or filters.perturbations")
-    if cfg.teacher.name == "none" and (p.source == "everything" or p.candidate_threshold > 0 or p.second_pass):
+    if not cfg.teacher.enabled and (p.source == "everything" or p.candidate_threshold > 0 or p.second_pass):
         raise SemisamError("prompts.source=everything, candidate_threshold and second_pass need a SAM teacher; "
                            "teacher=none can only self-train")
     _validate_online(cfg)
-    if cfg.loop.max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
+    if cfg.loop.max_rounds > 0 and not cfg.teacher.enabled and cfg.filters.fusion != "student":
         raise SemisamError(
             f"teacher.name=none cannot produce filters.fusion={cfg.filters.fusion!r} pseudo-labels; "
             "use filters=student (self-training) or choose a teacher"
@@ -139,7 +139,7 @@ def _validate_online(cfg: RunConfig) -> None:
     if o.consistency == "none" and o.consistency_weight.weight > 0:
         raise SemisamError("online.consistency_weight.weight > 0 needs a consistency kind; set "
                            "online.consistency=mean_teacher or weak_strong")
-    if o.sam_weight.weight > 0 and cfg.teacher.name == "none":
+    if o.sam_weight.weight > 0 and not cfg.teacher.enabled:
         raise SemisamError("online.sam_weight.weight > 0 needs a SAM teacher; pick one (teacher=litemedsam) or set "
                            "online.sam_weight.weight=0")
     online = o.consistency != "none" or o.sam_weight.weight > 0

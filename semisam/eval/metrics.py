@@ -266,20 +266,16 @@ def evaluate_segmentations(pairs: Iterable[tuple[str, str | os.PathLike, str | o
 
 
 def labels_from_dataset_json(dataset_json: Mapping) -> tuple[dict[str, int], int | None]:
-    """Foreground classes (name → value, background and ignore left out) and the ignore label.
+    """Foreground classes (name → value, background and ignore left out) and the ignore label, as
+    :func:`semisam.data.parse_labels` reads and checks them.
 
     Raises:
-        SemisamError: region-based labels (lists of values), which are not supported here.
+        SemisamError: labels nnU-Net would refuse, or region-based labels (lists of values), not supported here.
     """
-    labels, ignore = {}, None
-    for name, value in dataset_json["labels"].items():
-        if isinstance(value, (list, tuple)):
-            raise SemisamError(f"label {name!r} is a region {value}; region-based labels are not supported")
-        if name == "ignore":
-            ignore = int(value)
-        elif int(value) != 0:
-            labels[name] = int(value)
-    return labels, ignore
+    from semisam.data.raw import parse_labels
+
+    plain, ignore = parse_labels(dataset_json.get("labels"), "dataset.json labels")
+    return {name: value for name, value in plain.items() if value != 0}, ignore
 
 
 def _squeeze_channel(a: np.ndarray) -> np.ndarray:

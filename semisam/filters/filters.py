@@ -33,26 +33,29 @@ def _np(x: Any) -> np.ndarray:
 
 
 def stability_score(logits: Any, offset: float = 1.0, mask_threshold: float = 0.0) -> np.ndarray:
-    """SAM's stability score: IoU of the masks thresholded at ``mask_threshold ± offset`` in logit space.
-
-    Same definition as ``segment_anything.utils.amg.calculate_stability_score`` (not imported, since its
-    package imports torchvision): the mask at the high threshold lies inside the one at the low threshold,
-    so the IoU is ``|logits > t + offset| / |logits > t - offset|``. A sharp logit map scores 1; a soft
-    one (many pixels near the threshold) scores lower.
+    """SAM's stability score, computed by segment-anything (``segment_anything.utils.amg.calculate_stability_score``):
+    the IoU of the masks thresholded at ``mask_threshold ± offset`` in logit space. A sharp logit map scores 1; a
+    soft one (many pixels near the threshold) scores lower.
 
     Args:
-        logits: ``(N, H, W)`` mask logits (any spatial rank after N).
+        logits: ``(N, H, W)`` mask logits (numpy or torch; more spatial axes are folded into ``H``).
         offset: the threshold offset (``stability_offset`` in the recipe), > 0.
         mask_threshold: the logit threshold of the mask (SAM's is 0).
 
     Returns:
-        ``(N,)`` float64 in ``[0, 1]``; 0 where even the low-threshold mask is empty.
+        ``(N,)`` float32 in ``[0, 1]``; NaN where even the low-threshold mask is empty (segment-anything's
+        0/0): such a mask fails every stability threshold.
     """
-    x = _np(logits).astype(np.float32, copy=False)
-    x = x.reshape(x.shape[0], -1)
-    inter = (x > mask_threshold + offset).sum(axis=1)
-    union = (x > mask_threshold - offset).sum(axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    import torch
+
+    import semisam.compat
+
+    semisam.compat.install()  # segment_anything imports torchvision
+    from segment_anything.utils.amg import calculate_stability_score
+
+    x = logits.detach().cpu() if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+    x = x.reshape(x.shape[0], -1, x.shape[-1])  # segment-anything sums W in int16, then the rest in int32
+    return calculate_stability_score(x, mask_threshold, offset).float().numpy()
 
 
 def agreement(teacher_masks: Any, student_masks: Any) -> np.ndarray:

@@ -36,6 +36,8 @@ from typing import Any
 
 from semisam.config import RunConfig, to_dict
 from semisam.data import RawDataset, check_case_files
+from semisam.loop.cases import Cases, split_cases
+from semisam.loop.state import check_resumable, read_manifest, round0_steps, run_identity
 from semisam.utils.errors import SemisamError
 
 GiB = 1024 ** 3
@@ -59,14 +61,15 @@ class Built:
     notes for the user about what the run will skip."""
 
     dataset: RawDataset
-    cases: Any  # semisam.loop.experiment.Cases
+    cases: Cases
     identity: dict[str, Any]
     notes: tuple[str, ...] = ()
 
 
 def needs_teacher(cfg: RunConfig) -> bool:
-    """Rounds after round 0 run the teacher; ``loop.max_rounds=0`` or ``teacher=none`` never builds one."""
-    return cfg.loop.max_rounds > 0 and cfg.teacher.name != "none"
+    """Whether the run builds a SAM teacher: rounds after round 0, or an online SAM term inside round 0's
+    training; ``teacher=none`` never builds one."""
+    return cfg.teacher.enabled and (cfg.loop.max_rounds > 0 or cfg.online.sam_weight.weight > 0)
 
 
 def preflight(cfg: RunConfig) -> Built:
@@ -75,9 +78,6 @@ def preflight(cfg: RunConfig) -> Built:
     Raises:
         SemisamError: the first fault, in one line.
     """
-    from semisam.loop.experiment import round0_steps, split_cases
-    from semisam.loop.state import check_resumable, read_manifest, run_identity
-
     dataset = RawDataset.open(cfg.dataset.raw_dir)
     cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
     if cfg.loop.init_from:

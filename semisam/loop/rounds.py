@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,11 @@ from semisam.data import RawDataset
 from semisam.data.raw import CaseData, write_raw_dataset
 from semisam.data.split import Split
 from semisam.loop.evaluation import PseudoQuality, evaluate_students_cases
-from semisam.loop.experiment import PLANS, Cases, copy_plans, now, remove_tree, round0_steps, say
+from semisam.loop.cases import Cases
 from semisam.loop.preflight import NO_UNLABELED
-from semisam.loop.state import RunState
-from semisam.utils.errors import SemisamError
-from semisam.utils.io import write_json_atomic
+from semisam.loop.state import RunState, round0_steps
+from semisam.utils.io import remove_tree, write_json_atomic
+from semisam.utils.progress import say
 
 
 class Experiment:
@@ -88,7 +88,7 @@ class Experiment:
     def labeler(self):
         """The teacher pipeline, built once per process (SAM loaded once)."""
         if self._labeler is None:
-            from semisam.teacher.pipeline import build_pseudolabeler
+            from semisam.pseudolabel.pipeline import build_pseudolabeler
 
             cache_dir = self.cfg.teacher.cache_dir or str(self.run_dir / "cache" / "embeddings")
             self._labeler = build_pseudolabeler(self.cfg, ignore_label=self.ignore_label, cache_dir=cache_dir)
@@ -103,8 +103,6 @@ class Experiment:
         if max_rounds > 0 and not self.cases.unlabeled:
             say(NO_UNLABELED)
             max_rounds = 0
-        if max_rounds > 0 and cfg.teacher.name == "none" and cfg.filters.fusion != "student":
-            raise SemisamError("teacher=none can only self-train: set filters=student, or pick a teacher")
         if cfg.loop.init_from:  # checked by run_experiment before anything was written
             for step, entry in round0_steps(Path(cfg.loop.init_from), cfg).items():
                 state.adopt(step, entry["result"], entry.get("seconds"), cfg.loop.init_from)
@@ -188,18 +186,9 @@ class Experiment:
         if r == 0:
             plans = student.plan_and_preprocess(ds_id, configurations=(conf,),
                                                 num_processes=self.cfg.student.num_processes)
-        else:
-            from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
-
-            name = student.dataset_name(ds_id)
-            pre = student.paths.preprocessed / name
-            r0_plans = Path(self.state.result("r0/preprocess")["plans"])
-            plans = copy_plans(r0_plans, pre, name)
-            shutil.copyfile(r0_plans.parent / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
-            (pre / "dataset.json").write_text((raw_dir / "dataset.json").read_text())
-            with student.env():
-                preprocess([ds_id], PLANS, configurations=(conf,), num_processes=[self.cfg.student.num_processes],
-                           verbose=False, show_progress_bar=False)
+        else:  # round 0's plans: every round's student has the same architecture and preprocessing
+            plans = student.preprocess_with_plans(ds_id, self.state.result("r0/preprocess")["plans"],
+                                                  configurations=(conf,), num_processes=self.cfg.student.num_processes)
         return {"plans": str(plans), "dataset_id": ds_id}
 
     def train(self, r: int) -> dict:
@@ -290,9 +279,9 @@ class Experiment:
         the first ``loop.gallery_cases`` cases are the only label maps kept until the round ends, so memory
         does not grow with the number of cases.
         """
-        from semisam.student.driver import load_probabilities
+        from semisam.data.probabilities import load_probabilities
 
-        t0 = now()
+        t0 = time.time()
         labeler = self.labeler
         adapt_stats = self.adapt_teacher(r, accepted_before)
         probs_dir = Path(self.state.result(f"r{r - 1}/predict_unlabeled")["dir"])
@@ -331,7 +320,7 @@ class Experiment:
             "n_added": len([c for c in accepted if c not in accepted_before]),
             "skipped": {c: s.get("skip_reason") for c, s in per_case.items() if s.get("skip_reason")},
             "pseudo_quality": quality.result(), "gallery": gallery_png, "adapt": adapt_stats,
-            "cache": labeler.cache_stats(), "teacher_s": round(now() - t0, 2),
+            "cache": labeler.cache_stats(), "teacher_s": round(time.time() - t0, 2),
         }
 
     def adapt_teacher(self, r: int, accepted: dict[str, str]) -> dict | None:

@@ -293,3 +293,34 @@ class RunState:
             raise SemisamError(
                 f"cannot write {self.path} ({e.strerror}); free disk space or choose another run_dir, then rerun to resume"
             ) from None
+
+
+ROUND0_STEPS = ("r0/dataset", "r0/preprocess", "r0/train", "r0/evaluate")
+
+
+def round0_steps(base_dir: Path, cfg: Any) -> dict[str, dict]:
+    """The finished round-0 steps of the run in ``base_dir`` (``loop.init_from``), checked against ``cfg``.
+
+    The base run must have trained the same round 0 (dataset, student settings, seed: its manifest's
+    round-0 fingerprint is compared). Its files are used in place, never copied or changed.
+
+    Raises:
+        SemisamError: ``base_dir`` is the run's own folder, holds no run, trained another round 0, or has not
+            finished round 0.
+    """
+    from semisam.config import to_dict
+
+    where = f"loop.init_from={base_dir}"
+    if base_dir.resolve() == Path(cfg.run_dir).resolve():
+        raise SemisamError(f"{where} is this run's own folder; point it at another run")
+    base = read_manifest(base_dir)
+    if base is None:
+        raise SemisamError(f"{where} holds no semisam run (no manifest.json); run the supervised recipe there first")
+    if base.get("round0_fingerprint") != round0_fingerprint(to_dict(cfg)):
+        raise SemisamError(f"{where} trained its round 0 with another dataset, student or seed than this run; "
+                           "use a run of the same recipe values, or drop loop.init_from")
+    steps = base.get("steps", {})
+    missing = [s for s in ROUND0_STEPS if s not in steps]
+    if missing:
+        raise SemisamError(f"{where} has not finished round 0 (step {missing[0]} missing); finish that run first")
+    return {s: steps[s] for s in ROUND0_STEPS}

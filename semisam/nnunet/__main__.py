@@ -19,12 +19,13 @@ without the prefix). An unknown name ends with one error line and status 2.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-from typing import Iterator
+from typing import ContextManager
 
 from semisam.nnunet import ensure_ext_trainer_env
+from semisam.student.env import planner_safe_n_proc_da
 from semisam.utils.errors import SemisamError
+from semisam.utils.progress import speaker
 from semisam.utils.registry import suggest
 
 PREFIX = "nnUNetv2_"
@@ -32,11 +33,17 @@ PREFIX = "nnUNetv2_"
 DEVICE_COMMANDS = frozenset({"nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_predict_from_modelfolder"})
 #: nnU-Net (2.8) commands that run the experiment planner (``ExperimentPlanner.static_estimate_VRAM_usage``).
 PLANNER_COMMANDS = frozenset({"nnUNetv2_plan_and_preprocess", "nnUNetv2_plan_experiment"})
-N_PROC_DA_ENV = "nnUNet_n_proc_DA"
 
 
-def say(message: str) -> None:
-    print(f"[semisam nnunet] {message}", file=sys.stderr, flush=True)
+say = speaker("semisam nnunet")
+
+
+def planner_guard(name: str) -> ContextManager[None]:
+    """For a :data:`PLANNER_COMMANDS` command, ``nnUNet_n_proc_DA`` below 1 is raised to 1 while it runs, and said
+    (:func:`semisam.student.env.planner_safe_n_proc_da`); other commands run with the value as it is."""
+    if name not in PLANNER_COMMANDS:
+        return contextlib.nullcontext()
+    return planner_safe_n_proc_da(lambda line: say(f"{name}: {line}"))
 
 
 def _names_option(arg: str, option: str) -> bool:
@@ -55,26 +62,6 @@ def with_device(name: str, args: list[str]) -> list[str]:
     device = available_device_type(mps=True)
     say(f"no -device given: using -device {device} (the first available of cuda, mps, cpu)")
     return [*args, "-device", device]
-
-
-@contextlib.contextmanager
-def planner_safe_n_proc_da(name: str) -> Iterator[None]:
-    """For a :data:`PLANNER_COMMANDS` command, ``nnUNet_n_proc_DA`` below 1 is raised to 1 while it runs."""
-    value = os.environ.get(N_PROC_DA_ENV)
-    try:
-        too_low = name in PLANNER_COMMANDS and value is not None and int(value) < 1
-    except ValueError:
-        too_low = False  # not a number: nnU-Net's own error
-    if not too_low:
-        yield
-        return
-    say(f"{N_PROC_DA_ENV}={value} raised to 1 for {name}: nnU-Net's planner passes it to torch.set_num_threads, "
-        f"which rejects {value}")
-    os.environ[N_PROC_DA_ENV] = "1"
-    try:
-        yield
-    finally:
-        os.environ[N_PROC_DA_ENV] = value
 
 
 def nnunet_commands() -> dict:
@@ -103,7 +90,7 @@ def run_nnunet_command(name: str, args: list[str]) -> int:
     entry = commands[name].load()
     saved_argv, sys.argv = sys.argv, [name, *with_device(name, args)]
     try:
-        with planner_safe_n_proc_da(name):
+        with planner_guard(name):
             code = entry()
     except SystemExit as e:
         code = e.code

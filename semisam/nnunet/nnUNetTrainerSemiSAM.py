@@ -58,6 +58,8 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+from semisam.student.checkpoint import read_checkpoint, read_checkpoint_weights
+
 # the module (not the class of the same name): get_dataloaders looks NonDetMultiThreadedAugmenter and
 # nnUNetDataLoader up in it
 _nnunet_trainer_module = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
@@ -242,18 +244,10 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             value = getattr(overrides, name)
             if value is not None:
                 setattr(self, name, value)
-        if overrides.batch_size is not None:
-            self.semisam_batch_size = overrides.batch_size
-        if overrides.init_checkpoint is not None:
-            self.semisam_init_checkpoint = overrides.init_checkpoint
-        if overrides.seed is not None:
-            self.semisam_seed = overrides.seed
-        if overrides.labeled_cases is not None:
-            self.semisam_labeled_cases = overrides.labeled_cases
-        if overrides.labeled_share is not None:
-            self.semisam_labeled_share = overrides.labeled_share
-        if overrides.teacher_cache_dir is not None:
-            self.semisam_teacher_cache_dir = overrides.teacher_cache_dir
+        for name in ("batch_size", "init_checkpoint", "seed", "labeled_cases", "labeled_share", "teacher_cache_dir"):
+            value = getattr(overrides, name)
+            if value is not None:
+                setattr(self, f"semisam_{name}", value)
         if overrides.recipe is not None:
             from semisam.online.settings import OnlineSettings
 
@@ -354,7 +348,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
     def _build_sam(self) -> None:
         """The SAM teacher pipeline of the recipe, adapted on the labeled training cases when the recipe says so."""
         from semisam.online.sam_term import SamRefresher
-        from semisam.teacher.pipeline import build_pseudolabeler
+        from semisam.pseudolabel.pipeline import build_pseudolabeler
 
         cfg = self.semisam_recipe
         cache = (self.semisam_teacher_cache_dir or cfg.teacher.cache_dir
@@ -754,25 +748,3 @@ def load_network_weights(network: torch.nn.Module, checkpoint_file: str | os.Pat
 
     check_weights_match(network, state, str(checkpoint_file))
     unwrap(network).load_state_dict(state)
-
-
-def read_checkpoint(checkpoint_file: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """An nnU-Net checkpoint dict, loaded with ``weights_only=True``.
-
-    Besides tensors and plain containers, nnU-Net's checkpoints hold numpy scalars and arrays from its
-    logger; exactly those numpy types are allowed.
-    """
-    import numpy as np
-
-    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 / numpy 1
-    safe = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
-    safe += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]
-    with torch.serialization.safe_globals(safe):
-        return torch.load(checkpoint_file, map_location=map_location, weights_only=True)
-
-
-def read_checkpoint_weights(checkpoint_file: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """The ``network_weights`` state dict of an nnU-Net checkpoint (``module.`` prefixes removed)."""
-    checkpoint = read_checkpoint(checkpoint_file, map_location)
-    state = checkpoint["network_weights"] if "network_weights" in checkpoint else checkpoint
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}

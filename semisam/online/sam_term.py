@@ -1,6 +1,6 @@
 """The SAM term's pseudo-labels: the EMA teacher predicts each unlabeled case (nnU-Net's sliding window on the
 preprocessed image), its probabilities prompt SAM through the recipe's teacher pipeline
-(:class:`semisam.teacher.pipeline.PseudoLabeler`: prompts, SAM, fusion, filters, the embedding cache), and the
+(:class:`semisam.pseudolabel.pipeline.PseudoLabeler`: prompts, SAM, fusion, filters, the embedding cache), and the
 pseudo-label — ignore where the filters reject, everywhere for a rejected case — replaces the case's store
 (:func:`semisam.online.unlabeled.write_store`). Only the unlabeled images and the teacher's predictions are
 involved: nothing here can read a label of an unlabeled case.

@@ -3,22 +3,18 @@ the weight schedule λ(t)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any, Mapping
 
+from semisam.config.schema import OnlineConfig, WeightSchedule, settings_of
 from semisam.utils.errors import SemisamError
 
 CONSISTENCY_KINDS = ("none", "mean_teacher", "weak_strong")
 
 
-@dataclass(frozen=True)
+@settings_of(WeightSchedule)
 class Ramp:
     """λ(t) of :class:`semisam.config.schema.WeightSchedule`; ``t`` is the fraction of training done."""
-
-    weight: float = 0.0
-    start: float = 0.0
-    ramp_up: float = 0.0
-    ramp_down: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("weight", "start", "ramp_up", "ramp_down"):
@@ -53,24 +49,10 @@ class Ramp:
         return float(self.weight * up * down)
 
 
-@dataclass(frozen=True)
+@settings_of(OnlineConfig, nested={"consistency_weight": Ramp, "sam_weight": Ramp})
 class OnlineSettings:
-    """What the trainer needs of ``online.*`` (see the schema for each field's meaning)."""
-
-    consistency: str = "none"
-    consistency_weight: Ramp = field(default_factory=Ramp)
-    sam_weight: Ramp = field(default_factory=Ramp)
-    sam_refresh_every: int = 1
-    ema_decay: float = 0.99
-    teacher_noise: float = 0.1
-    confidence: float = 0.95
-    weak_teacher: str = "ema"
-    strong_brightness: float = 0.3
-    strong_contrast: float = 0.3
-    strong_blur: float = 0.5
-    strong_noise: float = 0.1
-    cutmix: float = 0.5
-    unlabeled_batch_size: int | None = None
+    """What the trainer needs of ``online.*`` (see the schema for each field's meaning), checked again here: the
+    trainer may be configured from a JSON file, outside the recipe's validation."""
 
     def __post_init__(self) -> None:
         if self.consistency not in CONSISTENCY_KINDS:
@@ -112,9 +94,7 @@ class OnlineSettings:
     @classmethod
     def from_config(cls, cfg) -> "OnlineSettings":
         """From a composed recipe (:class:`semisam.config.schema.RunConfig`)."""
-        from semisam.config import to_dict
-
-        return cls.from_mapping(to_dict(cfg)["online"])
+        return cls.of(cfg.online)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -11,6 +11,7 @@ Typical use for one case (``student_probs`` ``(K, Z, Y, X)``)::
 from semisam.prompts.objects import (
     OVERLAP_RULES,
     ObjectMask,
+    bounding_box,
     extract_candidates,
     extract_objects,
     has_foreground,
@@ -40,6 +41,7 @@ __all__ = [
     "POSITIVE",
     "NEGATIVE",
     "PADDING",
+    "bounding_box",
     "box_from_mask",
     "deep_points",
     "extract_candidates",

@@ -148,9 +148,16 @@ def has_foreground(
     return bool((student_hard_labels(student_probs, threshold=threshold, overlap=overlap) > 0).any())
 
 
-def _bbox_xyxy(mask: np.ndarray) -> tuple[int, int, int, int]:
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the inclusive pixel extents of a non-empty ``(Y, X)`` mask.
+
+    Raises:
+        SemisamError: the mask is empty.
+    """
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise SemisamError("cannot draw a box around an empty mask")
     return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
@@ -257,7 +264,7 @@ def extract_objects(
                         mask=mask,
                         prob_mean=float(probs[class_id][mask].mean()),
                         area=area,
-                        bbox_xyxy=_bbox_xyxy(mask),
+                        bbox_xyxy=bounding_box(mask),
                     )
                 )
     return objects
@@ -363,5 +370,5 @@ def extract_candidates(
             if area < max(min_size, 1):
                 continue
             out.append(ObjectMask(class_id=class_id, mask=mask, prob_mean=float(probs[class_id][mask].mean()),
-                                  area=area, bbox_xyxy=_bbox_xyxy(mask), candidate=True))
+                                  area=area, bbox_xyxy=bounding_box(mask), candidate=True))
     return out

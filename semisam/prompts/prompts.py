@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from semisam.prompts.objects import ObjectMask
+from semisam.prompts.objects import ObjectMask, bounding_box
 from semisam.utils.errors import SemisamError
 
 POSITIVE, NEGATIVE, PADDING = 1, 0, -1
@@ -65,11 +65,9 @@ def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 def _window(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
     """The mask's bounding box enlarged by ``pad`` pixels, clipped to the image (distance transforms on
     this crop equal those on the whole image, up to distance ``pad``)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
+    x0, y0, x1, y1 = bounding_box(mask)
     h, w = mask.shape
-    return (slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, h)),
-            slice(max(cols[0] - pad, 0), min(cols[-1] + pad + 1, w)))
+    return slice(max(y0 - pad, 0), min(y1 + pad + 1, h)), slice(max(x0 - pad, 0), min(x1 + pad + 1, w))
 
 
 def box_from_mask(
@@ -92,11 +90,8 @@ def box_from_mask(
         ``(4,)`` float32 ``(x0, y0, x1, y1)``, inclusive pixel indices within ``[0, X-1] x [0, Y-1]``.
     """
     mask = np.asarray(mask, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise SemisamError("cannot draw a box around an empty mask")
-    box = np.array([cols[0] - margin, rows[0] - margin, cols[-1] + margin, rows[-1] + margin], dtype=np.int64)
+    x0, y0, x1, y1 = bounding_box(mask)
+    box = np.array([x0 - margin, y0 - margin, x1 + margin, y1 + margin], dtype=np.int64)
     if jitter > 0:
         box += _rng(rng).integers(-int(jitter), int(jitter) + 1, size=4)
     h, w = mask.shape

@@ -11,22 +11,19 @@ Typical use::
     model = student.train(dataset_id, "2d", "all", epochs=30, iterations_per_epoch=30,
                           val_iterations_per_epoch=5)
     segs = student.predict(model, "data/Dataset501_Nuclei/imagesTs", out_dir, save_probabilities=True)
-    student_probs, props = load_probabilities(probabilities_file(segs[0]))  # (K, Z, Y, X)
+    student_probs, props = load_probabilities(probabilities_file(segs[0]))  # semisam.data: (K, Z, Y, X)
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from semisam.student.env import NnUNetPaths, link_raw_dataset, nnunet_env
+from semisam.student.env import NnUNetPaths, link_raw_dataset, nnunet_env, planner_safe_n_proc_da
 from semisam.utils.device import resolve_device
 from semisam.utils.errors import SemisamError
-from semisam.utils.io import atomic_dir
+from semisam.utils.io import atomic_dir, remove_tree
 
 TRAINER_NAME = "nnUNetTrainerSemiSAM"
 DEFAULT_PLANS = "nnUNetPlans"
@@ -115,16 +112,8 @@ class NnUNetStudent:
             extract_fingerprints([int(dataset_id)], num_processes=num_processes,
                                  check_dataset_integrity=verify, clean=True, verbose=False,
                                  show_progress_bar=False)
-            # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
-            da = os.environ.get("nnUNet_n_proc_DA")
-            os.environ["nnUNet_n_proc_DA"] = str(max(1, int(da or 1)))
-            try:
+            with planner_safe_n_proc_da():
                 plans_identifier = plan_experiments([int(dataset_id)])
-            finally:
-                if da is None:
-                    os.environ.pop("nnUNet_n_proc_DA", None)
-                else:
-                    os.environ["nnUNet_n_proc_DA"] = da
             if plans_identifier != self.plans_identifier:
                 raise SemisamError(f"nnU-Net planned {plans_identifier!r}, expected {self.plans_identifier!r}")
             preprocess([int(dataset_id)], plans_identifier, configurations=tuple(configurations),
@@ -134,6 +123,55 @@ class NnUNetStudent:
         if missing:
             raise SemisamError(f"nnU-Net planned no {missing[0]!r} configuration for {dataset_name}")
         return plans_file
+
+    def preprocess_with_plans(self, dataset_id: int, source_plans: str | os.PathLike,
+                              configurations: Sequence[str] = ("2d",), num_processes: int = 1) -> Path:
+        """Preprocess a dataset with the plans of another, planned dataset: the same architecture, patch size,
+        spacing and normalisation (every round's student has round 0's plans).
+
+        The plans are moved with nnU-Net's own transfer (``move_plans_between_datasets``, as
+        ``nnUNetv2_move_plans_between_datasets``: the dataset name and the image reader are set for this
+        dataset); the source's ``dataset_fingerprint.json`` and this dataset's ``dataset.json`` are put beside
+        them (nnU-Net's trainer and preprocessor read them there), and nnU-Net preprocesses the dataset. No
+        fingerprint extraction or planning runs.
+
+        Args:
+            dataset_id: a dataset added with :meth:`add_raw_dataset`.
+            source_plans: ``<nnUNet_preprocessed>/DatasetNNN_Name/<plans>.json`` of a planned dataset, in this or
+                any other student's work folder (it may carry the same dataset id and name).
+            configurations, num_processes: as for :meth:`plan_and_preprocess`.
+
+        Returns:
+            This dataset's plans file (``nnUNet_preprocessed/DatasetNNN_Name/<plans>.json``).
+        """
+        import shutil
+
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+        from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
+            move_plans_between_datasets,
+        )
+
+        source_plans = Path(source_plans)
+        if not source_plans.is_file():
+            raise SemisamError(f"plans file {source_plans} does not exist; plan the source dataset first")
+        name = self.dataset_name(dataset_id)
+        target = self.paths.preprocessed / name
+        target.mkdir(parents=True, exist_ok=True)
+        # nnU-Net's transfer reads the source from this student's nnUNet_preprocessed by dataset name: the source
+        # folder is linked there under a name no dataset id resolves to, for the duration of the call
+        link = self.paths.preprocessed / "Dataset_plans_source"
+        with self.env():
+            remove_tree(link)
+            link.symlink_to(source_plans.parent.absolute(), target_is_directory=True)
+            try:
+                move_plans_between_datasets(link.name, name, source_plans.stem, self.plans_identifier)
+            finally:
+                link.unlink()
+            shutil.copyfile(source_plans.parent / "dataset_fingerprint.json", target / "dataset_fingerprint.json")
+            shutil.copyfile(self.paths.raw / name / "dataset.json", target / "dataset.json")
+            preprocess([int(dataset_id)], self.plans_identifier, configurations=tuple(configurations),
+                       num_processes=[num_processes], verbose=False, show_progress_bar=False)
+        return target / f"{self.plans_identifier}.json"
 
     # ------------------------------------------------------------------ train
     def build_trainer(self, dataset_id: int, configuration: str = "2d", fold: int | str = "all", *,
@@ -235,7 +273,7 @@ class NnUNetStudent:
             output_dir: receives ``<case><ext>`` (and ``<case>.npz`` + ``<case>.pkl`` with
                 probabilities) and nnU-Net's ``dataset.json``/``plans.json``/``predict_from_raw_data_args.json``;
                 written as a whole (a temporary folder renamed at the end): after a crash it does not exist.
-            save_probabilities: also write the class probabilities (see :func:`load_probabilities`).
+            save_probabilities: also write the class probabilities (see :func:`semisam.data.load_probabilities`).
             checkpoint, fold: which weights.
             use_mirroring, tile_step_size: nnU-Net's test-time mirroring and sliding-window overlap.
             overwrite: replace an existing ``output_dir`` (with everything in it); otherwise it is an error.
@@ -283,7 +321,8 @@ class NnUNetStudent:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from semisam.nnunet.nnUNetTrainerSemiSAM import nnUNetTrainerSemiSAM, read_checkpoint
+        from semisam.nnunet.nnUNetTrainerSemiSAM import nnUNetTrainerSemiSAM
+        from semisam.student.checkpoint import read_checkpoint
 
         model_folder = Path(model_folder)
         ckpt_file = model_folder / f"fold_{_check_fold(fold)}" / checkpoint
@@ -316,52 +355,6 @@ class NnUNetStudent:
                                         [weights], dataset_json, trainer_name,
                                         ckpt.get("inference_allowed_mirroring_axes"))
         return predictor
-
-
-def load_probabilities(npz_file: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Class probabilities written by :meth:`NnUNetStudent.predict` with ``save_probabilities=True``.
-
-    Args:
-        npz_file: ``<case>.npz``; its sibling ``<case>.pkl`` holds nnU-Net's image properties.
-
-    Returns:
-        ``(student_probs, properties)``: ``student_probs`` is float32 ``(K, Z, Y, X)`` — K classes including
-        background, summing to 1 over K, in the original image geometry (2D images: Z == 1);
-        ``properties`` is nnU-Net's dict (``spacing``, ...), or ``{}`` without a ``.pkl``.
-
-    Raises:
-        SemisamError: missing file or no ``probabilities`` array in it.
-    """
-    npz_file = Path(npz_file)
-    if not npz_file.is_file():
-        raise SemisamError(f"probabilities file {npz_file} does not exist; predict with save_probabilities")
-    with np.load(npz_file) as z:
-        if "probabilities" not in z:
-            raise SemisamError(f"{npz_file} has no 'probabilities' array")
-        probs = np.asarray(z["probabilities"], dtype=np.float32)
-    if probs.ndim == 3:  # (K, Y, X): a writer without the Z axis
-        probs = probs[:, None]
-    if probs.ndim != 4:
-        raise SemisamError(f"{npz_file}: probabilities have shape {probs.shape}, expected (K, Z, Y, X)")
-    pkl = npz_file.with_suffix(".pkl")
-    properties = {}
-    if pkl.is_file():
-        with open(pkl, "rb") as f:  # our own output folder (nnU-Net's properties are a plain pickle)
-            properties = pickle.load(f)
-    return probs, properties
-
-
-def probabilities_file(seg_file: str | os.PathLike) -> Path:
-    """The ``<case>.npz`` written beside a segmentation ``<case><ext>`` by :meth:`NnUNetStudent.predict`
-    (the file ending is read from the ``dataset.json`` nnU-Net writes into the output folder)."""
-    import json
-
-    seg_file = Path(seg_file)
-    dj = seg_file.parent / "dataset.json"
-    ending = json.loads(dj.read_text())["file_ending"] if dj.is_file() else "".join(seg_file.suffixes)
-    if not seg_file.name.endswith(ending):
-        raise SemisamError(f"{seg_file} does not end with the dataset's file ending {ending}")
-    return seg_file.with_name(seg_file.name[: -len(ending)] + ".npz")
 
 
 def _check_fold(fold: int | str) -> int | str:

@@ -17,9 +17,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from semisam.utils.errors import SemisamError
+
+#: nnU-Net's number of augmentation workers (0: augmentation in the main process)
+N_PROC_DA_ENV = "nnUNet_n_proc_DA"
 
 #: Worker defaults for small machines (2 cores): one preprocessing/export worker, two augmentation workers.
 DEFAULT_N_PROC = "1"
@@ -80,6 +83,29 @@ def nnunet_env(
         updates["nnUNet_n_proc_DA"] = str(int(n_proc_da))
     with _environ(updates):
         yield paths
+
+
+@contextlib.contextmanager
+def planner_safe_n_proc_da(announce: Callable[[str], None] | None = None) -> Iterator[None]:
+    """``nnUNet_n_proc_DA`` below 1 is raised to 1 for the block: nnU-Net's experiment planner passes it to
+    ``torch.set_num_threads``, which rejects 0 (the value that runs augmentation in the main process).
+
+    Args:
+        announce: called with one line saying so when the value is raised (None: silently).
+    """
+    value = os.environ.get(N_PROC_DA_ENV)
+    try:
+        too_low = value is not None and int(value) < 1
+    except ValueError:
+        too_low = False  # not a number: nnU-Net's own error
+    if not too_low:
+        yield
+        return
+    if announce is not None:
+        announce(f"{N_PROC_DA_ENV}={value} raised to 1 for nnU-Net's planner: it passes it to torch.set_num_threads, "
+                 f"which rejects {value}")
+    with _environ({N_PROC_DA_ENV: "1"}):
+        yield
 
 
 @contextlib.contextmanager

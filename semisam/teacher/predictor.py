@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from semisam.filters.filters import stability_score
 from semisam.teacher.cache import EmbeddingCache
 from semisam.teacher.models import SamModel
 from semisam.teacher.preprocess import (
@@ -87,13 +88,6 @@ def decode_prompts(
         idx = torch.arange(lowres.shape[0], device=lowres.device)
         return lowres[idx, best][:, None], iou[idx, best]
     return lowres, iou[:, 0]
-
-
-def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
-    """SAM's stability score of ``(N, H, W)`` logits (``segment_anything.utils.amg``), ``(N,)``."""
-    from segment_anything.utils.amg import calculate_stability_score  # noqa: PLC0415  (compat active: model built)
-
-    return calculate_stability_score(logits, threshold, offset)
 
 
 class SamTeacher:
@@ -196,7 +190,7 @@ class SamTeacher:
             masks=(logits > 0).numpy(),
             logits=logits.numpy(),
             iou_pred=torch.cat(iou_all).numpy(),
-            stability=stability_score(logits).float().numpy(),
+            stability=stability_score(logits),
             lowres_logits=torch.cat(lowres_all).numpy(),
         )
 

@@ -159,23 +159,18 @@ def nnunet_curves(nnunet_logging: Mapping[str, Any]) -> dict[str, list[float]]:
 
 
 def load_nnunet_logging(checkpoint_path: str | os.PathLike) -> dict[str, Any]:
-    """Read nnU-Net's per-epoch logging dict from a checkpoint (``checkpoint_final.pth``'s ``"logging"``).
-
-    Loaded with ``weights_only=True``; nnU-Net stores numpy scalars there, which are allow-listed.
+    """Read nnU-Net's per-epoch logging dict from a checkpoint (``checkpoint_final.pth``'s ``"logging"``), with
+    :func:`semisam.student.checkpoint.read_checkpoint` (``weights_only=True``).
 
     Raises:
         SemisamError: the file is missing or has no ``"logging"`` entry.
     """
-    import torch
+    from semisam.student.checkpoint import read_checkpoint
 
     path = Path(checkpoint_path)
     if not path.is_file():
         raise SemisamError(f"nnU-Net checkpoint {path} does not exist; train the student first")
-    safe = [np._core.multiarray.scalar, np.dtype] + [
-        type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")
-    ]
-    with torch.serialization.safe_globals(safe):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or "logging" not in checkpoint:
         raise SemisamError(f"{path} has no 'logging' entry; is it an nnU-Net v2 checkpoint?")
     return checkpoint["logging"]

@@ -75,6 +75,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise
 
 
+def remove_tree(path: str | os.PathLike) -> None:
+    """Remove a file, a link (not what it points to) or a folder tree; nothing if ``path`` does not exist."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
 #: errors of a write that more room would fix: a full disk, a quota, a file-size limit (``ulimit -f``)
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

@@ -37,7 +37,7 @@ def test_corrector_round_with_litemedsam_on_nuclei(tmp_path):
     added = 0
     for case in teach["accepted"]:
         pseudo = ds.read_seg(teach["files"][case])[0][0]
-        from semisam.student.driver import load_probabilities
+        from semisam.data.probabilities import load_probabilities
 
         probs, _ = load_probabilities(run_dir / "round_00" / "pred_unlabeled" / f"{case}.npz")
         student = probs.argmax(0)

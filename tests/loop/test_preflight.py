@@ -109,6 +109,15 @@ def test_no_teacher_checks_without_rounds(dataset, tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def test_online_sam_term_checks_the_teacher_without_rounds(dataset, tmp_path):
+    """Round 0 alone builds SAM when the recipe has an online SAM term: its checkpoint is checked up front."""
+    missing = tmp_path / "sam_vit_b_01ec64.pth"
+    online = ["online=semisam", "loop.max_rounds=0", "teacher=sam_vit_b", f"teacher.checkpoint={missing}"]
+    msg = refused(cfg_for(dataset, tmp_path / "run", *online), "not found")
+    assert msg == f"checkpoint for teacher 'sam_vit_b' not found: {missing} (give the path of the .pth file)"
+    assert not (tmp_path / "run").exists()
+
+
 def test_not_enough_disk_names_the_numbers(dataset, tmp_path, monkeypatch):
     usage = type("Usage", (), {"free": 1000})
     monkeypatch.setattr(pf.shutil, "disk_usage", lambda path: usage)

@@ -142,7 +142,7 @@ class CountingLabeler:
 
 def test_teacher_round_streams_cases_and_keeps_only_the_gallery(synthetic, tmp_path):
     from semisam.config import compose
-    from semisam.loop.experiment import split_cases
+    from semisam.loop.cases import split_cases
     from semisam.loop.rounds import Experiment
     from semisam.loop.state import RunState
 
@@ -189,7 +189,7 @@ def test_round_dataset_links_its_images_and_labels(synthetic, tmp_path):
 
     from semisam.config import compose
     from semisam.data import check_raw_dataset
-    from semisam.loop.experiment import split_cases
+    from semisam.loop.cases import split_cases
     from semisam.loop.rounds import Experiment
     from semisam.loop.state import RunState
 

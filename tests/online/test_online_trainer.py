@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from data_prep.synthetic import make_synthetic
-from semisam.nnunet.nnUNetTrainerSemiSAM import TrainerOverrides, nnUNetTrainerSemiSAM, read_checkpoint
+from semisam.nnunet.nnUNetTrainerSemiSAM import TrainerOverrides, nnUNetTrainerSemiSAM
+from semisam.student.checkpoint import read_checkpoint
 from semisam.student import NnUNetStudent
 from semisam.utils.errors import SemisamError
 

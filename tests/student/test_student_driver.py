@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import semisam.nnunet.nnUNetTrainerSemiSAM as trainer_module
-from semisam.nnunet.nnUNetTrainerSemiSAM import CONFIG_ENV_VAR, TrainerOverrides, nnUNetTrainerSemiSAM, read_checkpoint
+from semisam.nnunet.nnUNetTrainerSemiSAM import CONFIG_ENV_VAR, TrainerOverrides, nnUNetTrainerSemiSAM
+from semisam.student.checkpoint import read_checkpoint
 from semisam.student import NnUNetStudent, link_raw_dataset, load_probabilities, nnunet_env, probabilities_file
 from semisam.utils.errors import SemisamError
 

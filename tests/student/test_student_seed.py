@@ -11,11 +11,11 @@ import semisam.nnunet.nnUNetTrainerSemiSAM as trainer_module
 from semisam.nnunet.nnUNetTrainerSemiSAM import (
     TrainerOverrides,
     derive_seed,
-    read_checkpoint_weights,
     seed_everything,
     seeded_augmenter_workers,
 )
 from semisam.student import NnUNetStudent
+from semisam.student.checkpoint import read_checkpoint_weights
 from semisam.utils.errors import SemisamError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semisam.teacher.everything import everything_for_objects, match_segments, mask_iou_matrix
-from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler
+from semisam.pseudolabel.pipeline import FilterSettings, PromptSettings, PseudoLabeler
 
 
 def teacher_of(model):

@@ -6,7 +6,7 @@ import inspect
 import numpy as np
 import pytest
 
-from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler
+from semisam.pseudolabel.pipeline import FilterSettings, PromptSettings, PseudoLabeler
 from semisam.utils.errors import SemisamError
 
 

@@ -11,7 +11,7 @@ import pytest
 from data_prep.nuclei import make_nuclei
 from semisam.bench import one_hot
 from semisam.eval.metrics import pooled_dice
-from semisam.teacher.pipeline import FilterSettings, PromptSettings, PseudoLabeler
+from semisam.pseudolabel.pipeline import FilterSettings, PromptSettings, PseudoLabeler
 
 pytestmark = pytest.mark.slow
 

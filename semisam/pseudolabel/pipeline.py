@@ -7,17 +7,18 @@ first image channel, mapped to ``[0, 1]`` once per case by the teacher's intensi
 volume shares one mapping).
 
 :func:`build_pseudolabeler` is the builder from a recipe (configs stop here); :func:`pseudolabel_folder`
-is ``semisam pseudolabel``: refine any trained nnU-Net's ``--save_probabilities`` output.
+(:mod:`semisam.pseudolabel.folder`) is ``semisam pseudolabel``: refine any trained nnU-Net's
+``--save_probabilities`` output.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from semisam.config.schema import FiltersConfig, PromptsConfig, settings_of
 from semisam.filters import (
     CaseStats,
     PseudoLabelStats,
@@ -26,6 +27,7 @@ from semisam.filters import (
     object_accept,
     perturbation_uncertainty,
     pixel_accept,
+    stability_score,
 )
 from semisam.fusion import fuse, teacher_label_map
 from semisam.prompts import (
@@ -41,53 +43,14 @@ from semisam.prompts import (
 from semisam.utils.errors import SemisamError
 
 
-@dataclass(frozen=True)
+@settings_of(PromptsConfig)
 class PromptSettings:
-    """Scalars of the ``prompts`` recipe group (see :func:`semisam.prompts.make_prompts`)."""
-
-    threshold: float = 0.5
-    box: bool = True
-    box_margin: int = 2
-    box_jitter: int = 0
-    positive_points: int = 0
-    negative_points: int = 0
-    mask_prompt: bool = False
-    min_size: int = 10
-    split_instances: bool = False
-    split_min_distance: int = 3
-    slice_axis: int = 0
-    overlap: str = "argmax"
-    box_margin_space: str = "image"
-    candidate_threshold: float = 0.0
-    source: str = "student"
-    everything_points_per_side: int = 16
-    everything_min_iou: float = 0.5
-    everything_min_stability: float = 0.8
-    match_iou: float = 0.3
-    second_pass: bool = False
-    second_pass_positive: int = 1
-    second_pass_negative: int = 1
-    second_pass_mask: bool = False
+    """The ``prompts`` recipe group as plain values (see :func:`semisam.prompts.make_prompts`)."""
 
 
-@dataclass(frozen=True)
+@settings_of(FiltersConfig)
 class FilterSettings:
-    """Scalars of the ``filters`` recipe group (see :mod:`semisam.filters` and :func:`semisam.fusion.fuse`)."""
-
-    fusion: str = "agree"
-    fusion_weight: float = 0.5
-    min_confidence: float = 0.5
-    iou_thresh: float = 0.0
-    stability_thresh: float = 0.0
-    stability_offset: float = 1.0
-    agreement_thresh: float = 0.0
-    uncertainty_thresh: float = 1.0
-    perturbations: int = 0
-    boundary_band: int = 0
-    case_min_accept: float = 0.5
-    ensemble_mask: bool = False
-    gray_zone: float = 0.0
-    student_confident: float = 1.0
+    """The ``filters`` recipe group as plain values (see :mod:`semisam.filters` and :func:`semisam.fusion.fuse`)."""
 
 
 @dataclass
@@ -299,9 +262,7 @@ class PseudoLabeler:
                 pred = self._teach(img_s, batch)
             masks, iou, stab = pred.masks, pred.iou_pred, pred.stability
             teacher_probs = 1.0 / (1.0 + np.exp(-pred.logits))
-            if f.stability_offset != 1.0:
-                from semisam.filters import stability_score
-
+            if f.stability_offset != 1.0:  # the teacher scored its masks at SAM's offset 1
                 stab = stability_score(pred.logits, offset=f.stability_offset)
             unc, pixel_ok = np.zeros(n), None
             if f.perturbations > 0:
@@ -340,10 +301,9 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
     t = cfg.teacher
     intensity = IntensityRule(mode=t.intensity.mode, lower=t.intensity.lower, upper=t.intensity.upper,
                               center=t.intensity.window_center, width=t.intensity.window_width)
-    prompts = PromptSettings(**{k: getattr(cfg.prompts, k) for k in PromptSettings.__dataclass_fields__})
-    filters = FilterSettings(**{k: getattr(cfg.filters, k) for k in FilterSettings.__dataclass_fields__})
+    prompts, filters = PromptSettings.of(cfg.prompts), FilterSettings.of(cfg.filters)
     teacher = None
-    if t.name != "none":
+    if t.enabled:
         from semisam.teacher.cache import EmbeddingCache
         from semisam.teacher.models import build_teacher_model
         from semisam.teacher.predictor import SamTeacher
@@ -361,67 +321,3 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
     shared = str(Path(t.cache_dir).parent / "adapted") if t.cache_dir else None
     return PseudoLabeler(teacher, intensity=intensity, prompts=prompts, filters=filters, ignore_label=ignore_label,
                          seed=cfg.seed, adapt_settings=adapt_settings, shared_adapt_dir=shared)
-
-
-def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset_json: Path, cfg,
-                       adapt_on: Path | None = None) -> Path:
-    """``semisam pseudolabel``: pseudo-labels for every ``<case>.npz`` in ``probs_dir``.
-
-    ``images_dir`` holds ``<case>_0000<ext>`` (nnU-Net naming), ``probs_dir`` what
-    ``nnUNetv2_predict --save_probabilities`` wrote (``<case>.npz`` + ``<case>.pkl``). Accepted cases get
-    ``<out_dir>/<case><ext>`` (ignore label where rejected); ``stats.json`` lists every case. Files are
-    written atomically; a rerun skips cases whose label already exists.
-    """
-    import json
-
-    from tqdm.auto import tqdm
-
-    from semisam.data import RawDataset
-    from semisam.data.raw import parse_labels
-    from semisam.student.driver import load_probabilities
-    from semisam.utils.io import write_json_atomic
-
-    for p, what in ((images_dir, "--images"), (probs_dir, "--probs")):
-        if not p.is_dir():
-            raise SemisamError(f"{what} folder {p} does not exist")
-    if not dataset_json.is_file():
-        raise SemisamError(f"--dataset-json {dataset_json} does not exist")
-    dj = json.loads(dataset_json.read_text())
-    plain, ignore = parse_labels(dj.get("labels", {}))
-    ignore = ignore if ignore is not None else max(plain.values()) + 1
-    ending = dj.get("file_ending")
-    if not ending:
-        raise SemisamError(f"{dataset_json} has no file_ending")
-    npz = sorted(probs_dir.glob("*.npz"))
-    if not npz:
-        raise SemisamError(f"no <case>.npz probability files in {probs_dir}; predict with --save_probabilities")
-    n_ch = len(dj.get("channel_names", {"0": ""}))
-    examples = sorted(images_dir.glob(f"*_0000{ending}"))
-    if not examples:
-        raise SemisamError(f"no images named <case>_0000{ending} in {images_dir}")
-    io = RawDataset(images_dir, dj, None, example_file=examples[0])  # reader/writer only: no labels here
-    labeler = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=cfg.teacher.cache_dir)
-    if adapt_on is not None and labeler.adaptable and cfg.teacher.adapt.enabled:
-        ds = RawDataset.open(adapt_on)
-        pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in ds.labeled_cases()]
-        labeler.adapt(pairs, sorted(v for v in plain.values() if v), out_dir / "adapted_teacher.pt")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stats = {}
-    for f in tqdm(npz, desc="pseudo-labels", unit="case", file=sys.stderr):
-        case = f.name[: -len(".npz")]
-        target = out_dir / f"{case}{ending}"
-        files = [images_dir / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
-        missing = [str(x) for x in files if not x.is_file()]
-        if missing:
-            raise SemisamError(f"case {case}: image {missing[0]} does not exist")
-        image, props = io.read_image(files)
-        probs, _ = load_probabilities(f)
-        res = labeler(image, probs, case)
-        stats[case] = res.stats
-        if res.accepted and not target.exists():
-            io.write_seg(res.pseudo, props, target)
-    write_json_atomic(out_dir / "stats.json", {"cases": stats, "summary": labeler.stats.aggregate(),
-                                               "cache": labeler.cache_stats()})
-    n_acc = sum(1 for s in stats.values() if s.get("accepted"))
-    print(f"semisam pseudolabel: {n_acc}/{len(stats)} cases accepted → {out_dir}", file=sys.stderr)
-    return out_dir

@@ -1,0 +1,69 @@
+"""``semisam pseudolabel``: the teacher pipeline over a folder of any trained nnU-Net's probabilities."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from semisam.data import RawDataset, parse_labels
+from semisam.data.probabilities import load_probabilities
+from semisam.pseudolabel.pipeline import build_pseudolabeler
+from semisam.utils.errors import SemisamError
+from semisam.utils.io import write_json_atomic
+
+
+def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset_json: Path, cfg,
+                       adapt_on: Path | None = None) -> Path:
+    """``semisam pseudolabel``: pseudo-labels for every ``<case>.npz`` in ``probs_dir``.
+
+    ``images_dir`` holds ``<case>_0000<ext>`` (nnU-Net naming), ``probs_dir`` what
+    ``nnUNetv2_predict --save_probabilities`` wrote (``<case>.npz`` + ``<case>.pkl``). Accepted cases get
+    ``<out_dir>/<case><ext>`` (ignore label where rejected); ``stats.json`` lists every case. Files are
+    written atomically; a rerun skips cases whose label already exists.
+    """
+    for p, what in ((images_dir, "--images"), (probs_dir, "--probs")):
+        if not p.is_dir():
+            raise SemisamError(f"{what} folder {p} does not exist")
+    if not dataset_json.is_file():
+        raise SemisamError(f"--dataset-json {dataset_json} does not exist")
+    dj = json.loads(dataset_json.read_text())
+    plain, ignore = parse_labels(dj.get("labels", {}))
+    ignore = ignore if ignore is not None else max(plain.values()) + 1
+    ending = dj.get("file_ending")
+    if not ending:
+        raise SemisamError(f"{dataset_json} has no file_ending")
+    npz = sorted(probs_dir.glob("*.npz"))
+    if not npz:
+        raise SemisamError(f"no <case>.npz probability files in {probs_dir}; predict with --save_probabilities")
+    n_ch = len(dj.get("channel_names", {"0": ""}))
+    examples = sorted(images_dir.glob(f"*_0000{ending}"))
+    if not examples:
+        raise SemisamError(f"no images named <case>_0000{ending} in {images_dir}")
+    io = RawDataset(images_dir, dj, None, example_file=examples[0])  # reader/writer only: no labels here
+    labeler = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=cfg.teacher.cache_dir)
+    if adapt_on is not None and labeler.adaptable and cfg.teacher.adapt.enabled:
+        ds = RawDataset.open(adapt_on)
+        pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in ds.labeled_cases()]
+        labeler.adapt(pairs, sorted(v for v in plain.values() if v), out_dir / "adapted_teacher.pt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = {}
+    for f in tqdm(npz, desc="pseudo-labels", unit="case", file=sys.stderr):
+        case = f.name[: -len(".npz")]
+        target = out_dir / f"{case}{ending}"
+        files = [images_dir / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
+        missing = [str(x) for x in files if not x.is_file()]
+        if missing:
+            raise SemisamError(f"case {case}: image {missing[0]} does not exist")
+        image, props = io.read_image(files)
+        probs, _ = load_probabilities(f)
+        res = labeler(image, probs, case)
+        stats[case] = res.stats
+        if res.accepted and not target.exists():
+            io.write_seg(res.pseudo, props, target)
+    write_json_atomic(out_dir / "stats.json", {"cases": stats, "summary": labeler.stats.aggregate(),
+                                               "cache": labeler.cache_stats()})
+    n_acc = sum(1 for s in stats.values() if s.get("accepted"))
+    print(f"semisam pseudolabel: {n_acc}/{len(stats)} cases accepted → {out_dir}", file=sys.stderr)
+    return out_dir
