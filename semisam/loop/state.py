@@ -258,8 +258,11 @@ class RunState:
     def result(self, step: str) -> Any:
         return self.manifest["steps"][step]["result"]
 
-    def run(self, step: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless ``step`` is complete; record its JSON-able result last."""
+    def run(self, step: str, fn: Callable[[], Any], collective: bool = False) -> Any:
+        """Run ``fn`` unless ``step`` is complete; record its JSON-able result last.
+
+        ``collective``: under torchrun every rank runs ``fn``, each its share (:mod:`semisam.loop.ranks`);
+        in a single process it changes nothing."""
         if self.done(step):
             return self.result(step)
         start = time.time()
