@@ -58,7 +58,7 @@ class Experiment:
         from semisam.student.driver import NnUNetStudent
 
         return NnUNetStudent(work_dir or self.round_dir(r) / "nnunet", device=self.cfg.device,
-                             n_proc_da=self.cfg.student.num_processes_da)
+                             n_proc_da=self.cfg.student.num_processes_da, num_gpus=self.cfg.student.num_gpus)
 
     @property
     def online(self) -> bool:

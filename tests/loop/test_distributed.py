@@ -186,3 +186,22 @@ def test_two_gloo_ranks_pass_results_and_failures():
     assert r0["lead_error"] == "SemisamError: rank 0's bad input"
     assert r1["lead_error"] == "RankFailed: rank 1 stops: rank 0 failed (rank 0's bad input)"
     assert r0["after"] == r1["after"] == "still in step"  # both ranks went on in step
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["student.num_gpus=2", "device=cpu"], "student.num_gpus=2 trains with nnU-Net's DDP on CUDA GPUs, but device=cpu"),
+    (["student.num_gpus=4", "device=auto"], "student.num_gpus=4 needs 4 CUDA GPUs, this machine has"),
+    (["student.num_gpus=0"], "student.num_gpus=0 is out of range"),
+])
+def test_student_gpus_beyond_what_the_machine_has_are_one_line(overrides, words):
+    """nnU-Net's DDP student (student.num_gpus > 1) needs CUDA; it cannot run on this CPU machine, so only the
+    refusals are tested here."""
+    import torch
+
+    from semisam.config import compose
+
+    if torch.cuda.device_count() >= 4:
+        pytest.skip("a machine with 4 GPUs can train student.num_gpus=4")
+    with pytest.raises(SemisamError) as info:
+        compose(overrides)
+    assert words in str(info.value) and "\n" not in str(info.value)
