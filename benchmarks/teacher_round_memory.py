@@ -57,7 +57,10 @@ def one_round(work: Path, n: int, size: int) -> dict:
     torch.set_num_threads(1)
     from semisam.config import compose
     from semisam.data import RawDataset
-    from semisam.loop.cases import split_cases
+    try:
+        from semisam.loop.cases import split_cases
+    except ImportError:  # --repo: a checkout from before semisam.loop.cases
+        from semisam.loop.experiment import split_cases
     from semisam.loop.rounds import Experiment
     from semisam.loop.state import RunState
 

@@ -37,8 +37,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("ok")
         return 0
     from semisam.loop.experiment import run_experiment
+    from semisam.utils import distributed
 
-    run_experiment(cfg)
+    with distributed.session(cfg.device):  # under torchrun: rank 0 runs the loop, every rank its teacher share
+        run_experiment(cfg)
     return 0
 
 
@@ -60,15 +62,18 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     from semisam.config import compose
     from semisam.pseudolabel.folder import pseudolabel_folder
 
+    from semisam.utils import distributed
+
     cfg = compose(args.overrides, config_dir=args.recipes)
-    pseudolabel_folder(
-        images_dir=Path(args.images),
-        probs_dir=Path(args.probs),
-        out_dir=Path(args.out),
-        dataset_json=Path(args.dataset_json),
-        cfg=cfg,
-        adapt_on=Path(args.adapt_on) if args.adapt_on else None,
-    )
+    with distributed.session(cfg.device):  # under torchrun: the cases are sharded over the ranks
+        pseudolabel_folder(
+            images_dir=Path(args.images),
+            probs_dir=Path(args.probs),
+            out_dir=Path(args.out),
+            dataset_json=Path(args.dataset_json),
+            cfg=cfg,
+            adapt_on=Path(args.adapt_on) if args.adapt_on else None,
+        )
     return 0
 
 

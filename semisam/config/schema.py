@@ -113,6 +113,7 @@ class StudentConfig:
     finetune_epochs: Optional[int] = bounded(None, 1)  # init=finetune, rounds r > 0; None: epochs
     num_processes: int = bounded(1, 1)  # preprocessing workers
     num_processes_da: int = bounded(2, 0)  # data-augmentation workers (0: in the main process)
+    num_gpus: int = bounded(1, 1)  # > 1: nnU-Net's DDP training on this many GPUs of one node (CUDA only)
 
 
 @dataclass

@@ -115,6 +115,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SemisamError("prompts.source=everything, candidate_threshold and second_pass need a SAM teacher; "
                            "teacher=none can only self-train")
     _validate_online(cfg)
+    _validate_gpus(cfg)
     if cfg.loop.max_rounds > 0 and not cfg.teacher.enabled and cfg.filters.fusion != "student":
         raise SemisamError(
             f"teacher.name=none cannot produce filters.fusion={cfg.filters.fusion!r} pseudo-labels; "
@@ -146,3 +147,21 @@ def _validate_online(cfg: RunConfig) -> None:
     if online and cfg.loop.max_rounds > 0:
         raise SemisamError("online training (online.*) and pseudo-label rounds (loop.max_rounds > 0) are separate "
                            "methods; set loop.max_rounds=0 or online=none")
+
+
+def _validate_gpus(cfg: RunConfig) -> None:
+    """``student.num_gpus > 1`` (nnU-Net's DDP): CUDA with that many GPUs, and not an online student."""
+    n = cfg.student.num_gpus
+    if n <= 1:
+        return
+    if cfg.device in ("cpu", "mps"):
+        raise SemisamError(f"student.num_gpus={n} trains with nnU-Net's DDP on CUDA GPUs, but device={cfg.device}; "
+                           "set device=cuda (or auto), or student.num_gpus=1")
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < n:
+        raise SemisamError(f"student.num_gpus={n} needs {n} CUDA GPUs, this machine has {have}; "
+                           f"lower student.num_gpus to {max(have, 1)}")
+    if cfg.online.consistency != "none" or cfg.online.sam_weight.weight > 0:
+        raise SemisamError("online training (online.*) is not built for nnU-Net's DDP; set student.num_gpus=1")

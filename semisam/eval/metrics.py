@@ -168,6 +168,15 @@ class PooledDice:
             self.size[name] += int(np.count_nonzero(p)) + int(np.count_nonzero(g))
         self.n_cases += 1
 
+    def merge(self, other: "PooledDice") -> None:
+        """Fold in the sums of another accumulator of the same classes (e.g. another process's cases)."""
+        if other.labels != self.labels or other.ignore_label != self.ignore_label:
+            raise SemisamError("cannot merge pooled Dice sums of other classes or another ignore label")
+        for name in self.labels:
+            self.intersection[name] += other.intersection[name]
+            self.size[name] += other.size[name]
+        self.n_cases += other.n_cases
+
     def value(self) -> float | None:
         """Pooled Dice over the cases and classes added; None when nothing was added or no pixel of any class
         is in either map."""

@@ -81,6 +81,20 @@ class PseudoQuality:
         if teacher is not None:
             self.teacher.add(teacher, hidden)
 
+    def merge(self, other: "PseudoQuality") -> None:
+        """Fold in another instance's sums (another rank's share of the cases): integer sums, so the result is
+        the one of adding every case here, in any order."""
+        for name in ("kept", "student_kept", "student", "teacher", "rejected"):
+            getattr(self, name).merge(getattr(other, name))
+        self.n_cases += other.n_cases
+        self.n_accepted += other.n_accepted
+        self.kept_px += other.kept_px
+        self.total_px += other.total_px
+
+    def __getstate__(self) -> dict:
+        """Pickled (sent to rank 0) without the dataset: the sums travel, :meth:`add` needs it again."""
+        return {k: v for k, v in self.__dict__.items() if k != "dataset"}
+
     def result(self) -> dict | None:
         """The numbers of :func:`pseudo_quality`; None when no case added had a hidden label."""
         if not self.n_cases:

@@ -27,23 +27,27 @@ from typing import Any
 
 from semisam.config import RunConfig, to_dict, to_yaml
 from semisam.loop.preflight import preflight
+from semisam.loop.ranks import shared_state
 from semisam.loop.rounds import Experiment
-from semisam.loop.state import RunState, round0_fingerprint
+from semisam.loop.state import round0_fingerprint
 from semisam.online.settings import OnlineSettings
+from semisam.utils import distributed
 from semisam.utils.errors import SemisamError
 from semisam.utils.progress import say
 
 
 def run_experiment(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) the experiment described by a validated recipe; returns the final summary."""
-    built = preflight(cfg)  # every fault that can be found before work fails here, before anything is written
+    # under torchrun rank 0 checks and owns the run folder; the other ranks take what it found (semisam.loop.ranks)
+    built = distributed.lead(lambda: preflight(cfg))  # every fault that can be found before work fails here
     if not built.cases.unlabeled and OnlineSettings.from_config(cfg).enabled:
         raise SemisamError(f"online training (experiment={cfg.experiment}) needs unlabeled cases, but "
                            f"{built.dataset.name} has none; add images without labels or run experiment=supervised")
     run_dir = Path(cfg.run_dir)
-    state = RunState(run_dir, built.identity, restart=cfg.restart)
+    state = shared_state(run_dir, built.identity, restart=cfg.restart)
     state.set("round0_fingerprint", round0_fingerprint(to_dict(cfg)))
-    if state.resumed:
-        say(f"resuming {run_dir} from its last complete step (restart=true starts over)")
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if distributed.world().main:
+        if state.resumed:
+            say(f"resuming {run_dir} from its last complete step (restart=true starts over)")
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     return Experiment(cfg, state, built.dataset, built.cases).run()

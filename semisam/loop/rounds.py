@@ -17,8 +17,14 @@ from semisam.loop.evaluation import PseudoQuality, evaluate_students_cases
 from semisam.loop.cases import Cases
 from semisam.loop.preflight import NO_UNLABELED
 from semisam.loop.state import RunState, round0_steps
+from semisam.utils import distributed, progress
 from semisam.utils.io import remove_tree, write_json_atomic
-from semisam.utils.progress import say
+
+
+def say(message: str) -> None:
+    """Progress for the user (:func:`semisam.utils.progress.say`), from rank 0 only under torchrun."""
+    if distributed.world().main:
+        progress.say(message)
 
 
 class Experiment:
@@ -39,6 +45,7 @@ class Experiment:
             self.ignore_label = max(self.labels.values()) + 1
         self._labeler = None
         self._tracker = None
+        self.world = distributed.world()  # under torchrun: rank 0 runs the steps, every rank its teacher share
 
     # ------------------------------------------------------------------------------------------ helpers
     def round_dir(self, r: int) -> Path:
@@ -49,7 +56,7 @@ class Experiment:
         from semisam.student.driver import NnUNetStudent
 
         return NnUNetStudent(work_dir or self.round_dir(r) / "nnunet", device=self.cfg.device,
-                             n_proc_da=self.cfg.student.num_processes_da)
+                             n_proc_da=self.cfg.student.num_processes_da, num_gpus=self.cfg.student.num_gpus)
 
     @property
     def online(self) -> bool:
@@ -111,7 +118,7 @@ class Experiment:
             stop_reason = f"reached loop.max_rounds={max_rounds}"
             for r in range(max_rounds + 1):
                 if r > 0:
-                    teach = state.run(f"r{r}/teacher", lambda: self.teacher_round(r, accepted))
+                    teach = state.run(f"r{r}/teacher", lambda: self.teacher_round(r, accepted), collective=True)
                     new = [c for c in teach["accepted"] if c not in accepted]
                     accepted.update({c: teach["files"][c] for c in teach["accepted"]})
                     if not teach["accepted"]:
@@ -135,7 +142,7 @@ class Experiment:
                 if r < max_rounds:
                     state.run(f"r{r}/predict_unlabeled", lambda: self.predict_unlabeled(r))
                 self.log_round(r, teach, trained=True)
-            return self.finish(stop_reason)
+            return distributed.lead(lambda: self.finish(stop_reason))
         except BaseException:
             if self._tracker is not None:
                 self._tracker.finish(exit_code=1)
@@ -271,41 +278,47 @@ class Experiment:
         self.predict(r, self.cases.unlabeled, out, probabilities=True)
         return {"dir": str(out), "model": str(self.round_model(r))}
 
-    def teacher_round(self, r: int, accepted_before: dict[str, str]) -> dict:
+    def teacher_round(self, r: int, accepted_before: dict[str, str]) -> dict | None:
         """Pseudo-label every unlabeled case from student ``r − 1``'s probabilities.
 
         The round streams: one case at a time is read, pseudo-labelled, written (when accepted) and only then
         scored against its hidden label (:class:`~semisam.loop.evaluation.PseudoQuality`, running sums only);
         the first ``loop.gallery_cases`` cases are the only label maps kept until the round ends, so memory
         does not grow with the number of cases.
-        """
-        from semisam.data.probabilities import load_probabilities
 
+        Under torchrun every rank runs this on its share of the cases (:func:`semisam.utils.distributed.shard`)
+        and writes their pseudo-labels; rank 0 adapts the teacher first (the others load its adaptation),
+        gathers the ranks' per-case stats, quality sums, cache counters and gallery cases, merges them in the
+        dataset's case order (the result equals one process's) and returns the round's result; the other ranks
+        return None.
+        """
         t0 = time.time()
         labeler = self.labeler
-        adapt_stats = self.adapt_teacher(r, accepted_before)
+        adapt_stats = distributed.lead(lambda: self.adapt_teacher(r, accepted_before))
         probs_dir = Path(self.state.result(f"r{r - 1}/predict_unlabeled")["dir"])
         out = self.round_dir(r) / "pseudo"
         out.mkdir(parents=True, exist_ok=True)
-        accepted, files, per_case, gallery = [], {}, {}, []
-        quality = PseudoQuality(self.dataset, self.foreground, self.ignore_label)
-        for case in tqdm(self.cases.unlabeled, desc=f"round {r} teacher", unit="case", file=sys.stderr):
-            image, props = self.dataset.read_image(case.image_files)
-            probs, _ = load_probabilities(probs_dir / f"{case.case_id}.npz")
-            res = labeler(image, probs, case.case_id)
-            per_case[case.case_id] = res.stats
-            if res.accepted:
-                f = out / f"{case.case_id}{self.dataset.file_ending}"
-                self.dataset.write_seg(res.pseudo, props, f)
-                accepted.append(case.case_id)
-                files[case.case_id] = str(f)
-            if len(gallery) < self.cfg.loop.gallery_cases:
-                gallery.append({"case_id": case.case_id, "image": image[0], "student": res.student,
-                                "teacher": res.teacher, "pseudo": res.pseudo})
-            # Analysis only, after this case's pseudo-label is made and written: the hidden label is read for
-            # scoring into running sums, and nothing read from it feeds back (teacher, filters, later cases).
-            quality.add(case.case_id, res.pseudo, res.student, res.teacher, res.accepted)
-            del image, props, probs, res  # the next case is read with none of this one's arrays alive
+        cases = list(enumerate(self.cases.unlabeled))
+
+        def share() -> tuple[list, list, PseudoQuality, dict]:
+            if not self.world.main:
+                self.adapt_teacher(r, accepted_before)  # loads rank 0's adaptation (the same data and settings)
+            return self.teach_cases(r, distributed.shard(cases), probs_dir, out)
+
+        parts = distributed.collect(share)
+        if parts is None:
+            return None
+        rows = distributed.ordered([p[0] for p in parts], len(cases))
+        gallery = [g for _, g in sorted((g for p in parts for g in p[1]), key=lambda ig: ig[0])]
+        quality = parts[0][2]
+        for p in parts[1:]:
+            quality.merge(p[2])
+        from semisam.teacher.cache import merge_cache_stats
+
+        cache = merge_cache_stats([p[3] for p in parts], labeler.cache_stats())
+        per_case = {cid: stats for cid, stats, _ in rows}
+        accepted = [cid for cid, _, f in rows if f is not None]
+        files = {cid: f for cid, _, f in rows if f is not None}
         write_json_atomic(out / "stats.json", per_case)
         gallery_png = None
         if gallery:
@@ -320,8 +333,38 @@ class Experiment:
             "n_added": len([c for c in accepted if c not in accepted_before]),
             "skipped": {c: s.get("skip_reason") for c, s in per_case.items() if s.get("skip_reason")},
             "pseudo_quality": quality.result(), "gallery": gallery_png, "adapt": adapt_stats,
-            "cache": labeler.cache_stats(), "teacher_s": round(time.time() - t0, 2),
+            "cache": cache, "teacher_s": round(time.time() - t0, 2),
         }
+
+    def teach_cases(self, r: int, cases: list, probs_dir: Path, out: Path) -> tuple[list, list, PseudoQuality, dict]:
+        """Pseudo-label ``cases`` (``(index, case)`` pairs: this rank's share) and write the accepted ones.
+
+        Returns ``(rows, gallery, quality, cache)``: ``(index, (case id, stats, file or None))`` per case, the
+        ``(index, gallery entry)`` of cases among the first ``loop.gallery_cases``, the quality sums, and this
+        process's cache counters.
+        """
+        from semisam.data.probabilities import load_probabilities
+
+        labeler = self.labeler
+        rows, gallery = [], []
+        quality = PseudoQuality(self.dataset, self.foreground, self.ignore_label)
+        for i, case in tqdm(cases, desc=f"round {r} teacher", unit="case", file=sys.stderr):
+            image, props = self.dataset.read_image(case.image_files)
+            probs, _ = load_probabilities(probs_dir / f"{case.case_id}.npz")
+            res = labeler(image, probs, case.case_id)
+            f = None
+            if res.accepted:
+                f = out / f"{case.case_id}{self.dataset.file_ending}"
+                self.dataset.write_seg(res.pseudo, props, f)
+            rows.append((i, (case.case_id, res.stats, None if f is None else str(f))))
+            if i < self.cfg.loop.gallery_cases:
+                gallery.append((i, {"case_id": case.case_id, "image": image[0], "student": res.student,
+                                    "teacher": res.teacher, "pseudo": res.pseudo}))
+            # Analysis only, after this case's pseudo-label is made and written: the hidden label is read for
+            # scoring into running sums, and nothing read from it feeds back (teacher, filters, later cases).
+            quality.add(case.case_id, res.pseudo, res.student, res.teacher, res.accepted)
+            del image, props, probs, res  # the next case is read with none of this one's arrays alive
+        return rows, gallery, quality, labeler.cache_stats()
 
     def adapt_teacher(self, r: int, accepted: dict[str, str]) -> dict | None:
         """Adapt the teacher on the training labeled cases (never validation cases, never a hidden label).
@@ -355,6 +398,9 @@ class Experiment:
     def log_round(self, r: int, teach: dict | None, trained: bool) -> None:
         key = f"r{r}/logged"
         if self.state.done(key):
+            return
+        if not self.world.main:  # rank 0 reports; the others keep their copy of the manifest in step
+            self.state.run(key, lambda: True)
             return
         record: dict[str, Any] = {"round": r}
         timings = {}

@@ -28,12 +28,13 @@ MANIFEST = "manifest.json"
 
 #: Recipe keys (dotted prefixes) that do not change results, left out of the fingerprint: the device and the
 #: worker counts (speed; ``num_processes_da`` changes which random augmentation stream a worker draws, not the
-#: method: see docs/architecture.md, Seeds and determinism), logging, ``restart``, and the teacher's cache
+#: method: see docs/architecture.md, Seeds and determinism; ``num_gpus`` likewise splits each batch over nnU-Net's
+#: DDP processes), logging, ``restart``, and the teacher's cache
 #: location, in-memory cache size, disk cap (an evicted embedding is computed again, the same values) and
 #: prompts per decoder call (the decoder treats each prompt on its own). ``teacher.cache_dtype`` is not among
 #: them: float16 embeddings change SAM's logits slightly (see :mod:`semisam.teacher.cache`), so a mask pixel can
 #: flip.
-NOT_RESULTS = ("device", "restart", "logger", "student.num_processes", "student.num_processes_da",
+NOT_RESULTS = ("device", "restart", "logger", "student.num_processes", "student.num_processes_da", "student.num_gpus",
                "teacher.cache_dir", "teacher.cache_memory_items", "teacher.cache_max_gb", "teacher.decode_batch")
 
 
@@ -258,8 +259,11 @@ class RunState:
     def result(self, step: str) -> Any:
         return self.manifest["steps"][step]["result"]
 
-    def run(self, step: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless ``step`` is complete; record its JSON-able result last."""
+    def run(self, step: str, fn: Callable[[], Any], collective: bool = False) -> Any:
+        """Run ``fn`` unless ``step`` is complete; record its JSON-able result last.
+
+        ``collective``: under torchrun every rank runs ``fn``, each its share (:mod:`semisam.loop.ranks`);
+        in a single process it changes nothing."""
         if self.done(step):
             return self.result(step)
         start = time.time()

@@ -48,6 +48,7 @@ import itertools
 import json
 import os
 import random
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -209,7 +210,19 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # The signature must stay nnU-Net's: the base class records its arguments by name for checkpoints.
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        from semisam.utils.distributed import teacher_group
+
+        with warnings.catch_warnings():
+            if teacher_group():  # nnU-Net takes the group for DDP on CUDA, which a CPU run warns about
+                warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
+            super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and teacher_group():
+            # the default group is semisam's torchrun group (the teacher's ranks), not a DDP student's: rank 0
+            # trains alone while the others wait, as nnU-Net trains without DDP
+            self.is_ddp, self.local_rank = False, 0
+            self.device = torch.device("cuda", 0) if device.type == "cuda" else device
+            if self.device.type != "cuda":
+                self.grad_scaler = None  # nnU-Net's choice for a device without CUDA
         self.semisam_batch_size: int | None = None
         self.semisam_init_checkpoint: str | None = None
         self.semisam_seed: int | None = None

@@ -309,8 +309,9 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
         from semisam.teacher.predictor import SamTeacher
 
         from semisam.utils.device import resolve_device
+        from semisam.utils.distributed import rank_device
 
-        device = resolve_device(cfg.device)
+        device = resolve_device(rank_device(cfg.device))  # under torchrun: this rank's own GPU
         model = build_teacher_model(t.name, t.checkpoint, device=device)
         cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items, store_dtype=t.cache_dtype, max_disk_gb=t.cache_max_gb)
         teacher = SamTeacher(model, cache, device=device, decode_batch=t.decode_batch, intensity=None)

@@ -47,12 +47,13 @@ class NnUNetStudent:
     """
 
     def __init__(self, work_dir: str | os.PathLike, device="auto", plans_identifier: str = DEFAULT_PLANS,
-                 n_proc_da: int | None = None):
+                 n_proc_da: int | None = None, num_gpus: int = 1):
         self.work_dir = Path(work_dir).absolute()
         self.paths = NnUNetPaths.under(self.work_dir)
         self.device = resolve_device(device)
         self.plans_identifier = plans_identifier
         self.n_proc_da = n_proc_da
+        self.num_gpus = num_gpus  # > 1: train with nnU-Net's DDP, one process per GPU (see train)
 
     def env(self, results_dir: str | os.PathLike | None = None):
         """The nnU-Net environment of this student (a context manager); ``results_dir`` replaces
@@ -246,6 +247,12 @@ class NnUNetStudent:
         fold = _check_fold(fold)
         if validate is None:
             validate = fold != "all"
+        if self.num_gpus > 1:
+            return self._train_ddp(dataset_id, configuration, fold, results_dir, validate, dict(
+                epochs=epochs, iterations_per_epoch=iterations_per_epoch,
+                val_iterations_per_epoch=val_iterations_per_epoch, initial_lr=initial_lr, batch_size=batch_size,
+                init_checkpoint=init_checkpoint, seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share,
+                recipe=recipe, teacher_cache_dir=teacher_cache_dir))
         with self.env(results_dir):
             trainer = self.build_trainer(dataset_id, configuration, fold, epochs=epochs,
                                          iterations_per_epoch=iterations_per_epoch,
@@ -259,6 +266,25 @@ class NnUNetStudent:
             if validate:
                 trainer.perform_actual_validation(save_probabilities=False)
             return Path(trainer.output_folder_base)
+
+    def _train_ddp(self, dataset_id: int, configuration: str, fold: int | str,
+                   results_dir: str | os.PathLike | None, validate: bool, settings: dict) -> Path:
+        """nnU-Net's multi-GPU training (its ``run_training(num_gpus=...)`` path): one process per GPU on this
+        node, NCCL, nnU-Net's trainer in DDP (each rank its share of the batch, rank 0 writes the checkpoints).
+        Our trainer is built with the recipe's values in each process, which nnU-Net's own launcher cannot do.
+        Live per-epoch logging is not sent across processes; the curves are read from the checkpoint after."""
+        import socket
+
+        import torch.multiprocessing as mp
+
+        with socket.socket() as sock:  # a free port for this training's own group (not torchrun's)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(_ddp_rank, args=(self.num_gpus, port, str(self.work_dir), self.plans_identifier, self.n_proc_da,
+                                  dataset_id, configuration, fold, None if results_dir is None else str(results_dir),
+                                  validate, settings), nprocs=self.num_gpus, join=True)
+        results = Path(results_dir).absolute() if results_dir is not None else self.paths.results
+        return results / self.dataset_name(dataset_id) / model_folder_name(configuration, plans=self.plans_identifier)
 
     # ------------------------------------------------------------------ predict
     def predict(self, model_folder: str | os.PathLike, inputs: "str | os.PathLike | list[list[str | os.PathLike]]",
@@ -355,6 +381,32 @@ class NnUNetStudent:
                                         [weights], dataset_json, trainer_name,
                                         ckpt.get("inference_allowed_mirroring_axes"))
         return predictor
+
+
+def _ddp_rank(rank: int, world_size: int, port: int, work_dir: str, plans_identifier: str, n_proc_da: int | None,
+              dataset_id: int, configuration: str, fold: int | str, results_dir: str | None, validate: bool,
+              settings: dict) -> None:
+    """One process of :meth:`NnUNetStudent._train_ddp` (what nnU-Net's ``run_ddp`` does, with our trainer)."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from semisam import compat
+
+    compat.install()
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=timedelta(hours=2))
+    torch.cuda.set_device(rank)
+    student = NnUNetStudent(work_dir, device=f"cuda:{rank}", plans_identifier=plans_identifier, n_proc_da=n_proc_da)
+    try:
+        with student.env(results_dir):
+            trainer = student.build_trainer(dataset_id, configuration, fold, **settings)
+            trainer.run_training()
+            if validate:
+                trainer.perform_actual_validation(save_probabilities=False)
+    finally:
+        dist.destroy_process_group()
 
 
 def _check_fold(fold: int | str) -> int | str:

@@ -272,3 +272,22 @@ class EmbeddingCache:
             "evictions": self.evictions,
             "write_errors": self.write_errors,
         }
+
+
+#: :meth:`EmbeddingCache.stats` counters that add up over processes (the rest describe the folder, or derive)
+ADDITIVE_STATS = ("hits", "hits_memory", "hits_disk", "misses", "in_memory", "evictions", "write_errors")
+
+
+def merge_cache_stats(parts: list[dict], now: dict) -> dict:
+    """One :meth:`EmbeddingCache.stats` for several processes sharing a cache folder (torchrun ranks): the
+    counters of ``parts`` summed (``in_memory``: entries held by all of them), ``hit_rate`` from the sums, and
+    the folder's ``disk_files``/``disk_bytes`` from ``now`` (stats taken after every process finished). For
+    one part and ``now`` taken right after it, the part itself. Empty dicts (no teacher) give ``{}``."""
+    if not any(parts):
+        return {}
+    merged = {k: sum(int(p.get(k, 0)) for p in parts) for k in ADDITIVE_STATS}
+    total = merged["hits"] + merged["misses"]
+    out = dict(now)
+    out.update(merged)
+    out["hit_rate"] = merged["hits"] / total if total else 0.0
+    return out

@@ -341,3 +341,85 @@ def test_loop_with_the_real_litemedsam_on_real_nuclei(tmp_path):
     assert steps["r2/teacher"]["result"]["adapt"]["reused"] is False
     # image embeddings were computed in round 1 and served from the cache in round 2
     assert steps["r2/teacher"]["result"]["cache"]["misses"] == steps["r1/teacher"]["result"]["cache"]["misses"]
+
+
+# ------------------------------------------------------------------------------------------ torchrun ranks
+def run_ranks(args: list[str], cwd: Path, nproc: int = 2, check: bool = True, timeout: int = 300):
+    """`semisam ...` under torchrun on ``nproc`` CPU ranks (gloo), one node."""
+    env = {**os.environ, "nnUNet_n_proc_DA": "0"}
+    env.pop("WANDB_MODE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "semisam"]
+    proc = subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun semisam {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+TIMING_KEYS = ("teacher_s", "seconds", "embed_seconds", "steps_per_s")
+
+
+def comparable(result, run_dir: Path):
+    """A step's result without timings and with its run folder's path replaced."""
+    if isinstance(result, dict):
+        return {k: comparable(v, run_dir) for k, v in result.items() if k not in TIMING_KEYS}
+    if isinstance(result, list):
+        return [comparable(v, run_dir) for v in result]
+    return result.replace(str(run_dir), "<run>") if isinstance(result, str) else result
+
+
+@pytest.mark.slow
+def test_teacher_round_on_two_ranks_equals_one_process(smoke_run, synthetic, tmp_path):
+    """`torchrun --nproc_per_node 2 -m semisam run`: rank 0 trains, predicts and reports, both ranks pseudo-label
+    their share of the unlabeled cases; the round's pseudo-label files are byte-identical to the 1-process
+    run's, and its result (per-case stats, pseudo-label quality, cache counters) equal to it but for timings.
+    Round 0 is the smoke run's (loop.init_from); rerunning the same command resumes with nothing to do."""
+    base = smoke_run[0]
+    run_dir = tmp_path / "ranks"
+    args = ["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}",
+            "loop.stop_when_no_new=false", "loop.max_rounds=1", f"loop.init_from={base}"]
+    proc = run_ranks(args, cwd=tmp_path)
+    steps, one = manifest(run_dir)["steps"], manifest(base)["steps"]
+    assert comparable(steps["r1/teacher"]["result"], run_dir) == comparable(one["r1/teacher"]["result"], base)
+    ours, theirs = run_dir / "round_01" / "pseudo", base / "round_01" / "pseudo"
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    for f in theirs.iterdir():  # every accepted case's pseudo-label and stats.json
+        assert (ours / f.name).read_bytes() == f.read_bytes(), f.name
+    assert steps["r1/teacher"]["result"]["accepted"] and "r1/evaluate" in steps
+    assert (run_dir / "report.md").is_file() and (run_dir / "round_01" / "gallery.png").is_file()
+    # progress comes from rank 0 alone; the table is printed once
+    assert proc.stderr.count("round 1: adapting the teacher") == 1 and proc.stdout.count("| round |") == 1
+    # a rerun under torchrun finds every step complete: nothing recomputed, nothing rewritten but the reports
+    pseudo = {f.name: f.stat().st_mtime_ns for f in ours.iterdir()}
+    run_ranks(args, cwd=tmp_path)
+    assert manifest(run_dir)["steps"] == steps
+    assert {f.name: f.stat().st_mtime_ns for f in ours.iterdir()} == pseudo
+
+
+@pytest.mark.slow
+def test_pseudolabel_command_on_two_ranks_equals_one_process(smoke_run, synthetic, tmp_path):
+    """`semisam pseudolabel` under torchrun shards the cases (rank 0 adapts, rank 1 loads its adaptation): the
+    same files, byte for byte, and the same stats.json; a case that fails on rank 1 ends every rank with an
+    error line naming it, and no stats.json."""
+    probs = smoke_run[0] / "round_00" / "pred_unlabeled"
+
+    def args(images: Path, out: Path) -> list[str]:
+        return ["pseudolabel", "--images", str(images), "--probs", str(probs), "--dataset-json",
+                str(synthetic / "dataset.json"), "--out", str(out), "--adapt-on", str(synthetic),
+                "teacher=tiny_random", "teacher.adapt.steps=2", "filters=student", f"dataset.raw_dir={synthetic}"]
+
+    run_cli(args(synthetic / "imagesTr", tmp_path / "one"), cwd=tmp_path)
+    run_ranks(args(synthetic / "imagesTr", tmp_path / "two"), cwd=tmp_path)
+    one = sorted(p.name for p in (tmp_path / "one").iterdir() if p.suffix in (".png", ".json"))
+    assert one == sorted(p.name for p in (tmp_path / "two").iterdir() if p.suffix in (".png", ".json"))
+    assert len(one) > 1 and "stats.json" in one
+    for name in one:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    # bad input on rank 1 (the second case, by round-robin): one line from rank 0, no hang, nothing merged
+    images = tmp_path / "images"
+    shutil.copytree(synthetic / "imagesTr", images)
+    second = sorted(probs.glob("*.npz"))[1].name[: -len(".npz")]
+    (images / f"{second}_0000.png").unlink()
+    bad = run_ranks(args(images, tmp_path / "bad"), cwd=tmp_path, check=False, timeout=120)
+    assert bad.returncode != 0
+    assert f"error: rank 1: case {second}: image {images / f'{second}_0000.png'} does not exist" in bad.stderr
+    assert not (tmp_path / "bad" / "stats.json").exists()
