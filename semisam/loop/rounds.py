@@ -249,8 +249,10 @@ class Experiment:
         return {"model": str(model), "init": str(init), "epochs": epochs, "lr": s.finetune_lr}
 
     def predict(self, r: int, cases, out: Path, probabilities: bool) -> list[Path]:
+        # overwrite: a step runs only when the manifest does not record it, so a folder already at ``out`` is
+        # from an attempt killed after the folder was complete but before the step was recorded
         return self.student(r).predict(self.round_model(r), [list(c.image_files) for c in cases], out,
-                                       save_probabilities=probabilities, fold=self.cfg.student.fold)
+                                       save_probabilities=probabilities, fold=self.cfg.student.fold, overwrite=True)
 
     def evaluate(self, r: int) -> dict:
         """Test (and validation) Dice/HD95 of student ``r`` (the model of :meth:`round_model`)."""
