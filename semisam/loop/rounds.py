@@ -216,6 +216,9 @@ class Experiment:
             online = dict(recipe=str(self.run_dir / "config.yaml"),
                           teacher_cache_dir=self.cfg.teacher.cache_dir or str(self.run_dir / "cache" / "embeddings"),
                           epoch_callback=self.tracker.log_training_epoch)
+        # an interrupted training starts over: nnU-Net keeps its time-stamped log and the checkpoints of the
+        # attempt beside the new ones otherwise
+        remove_tree(self.student(r).paths.results)
         say(f"round {r}: training the student ({epochs} epochs × {s.iterations_per_epoch} iterations, lr {lr}"
             f"{', fine-tuned from round ' + str(r - 1) if init else ''}"
             f"{f', labeled cases drawn for {share:.0%} of the samples' if share else ''}, seed {self.cfg.seed})")
