@@ -291,6 +291,7 @@ class Experiment:
         adapt_stats = self.adapt_teacher(r, accepted_before)
         probs_dir = Path(self.state.result(f"r{r - 1}/predict_unlabeled")["dir"])
         out = self.round_dir(r) / "pseudo"
+        remove_tree(out)  # an interrupted round starts over: no pseudo-label of a case this attempt may reject
         out.mkdir(parents=True, exist_ok=True)
         accepted, files, per_case, gallery = [], {}, {}, []
         quality = PseudoQuality(self.dataset, self.foreground, self.ignore_label)

@@ -143,16 +143,28 @@ def test_a_run_killed_anywhere_resumes_to_what_an_uninterrupted_run_ends_with(tm
     # The killed run shares the reference's round 0 (the same dataset, student and seed: the same supervised
     # student), so that the kills land in the rounds that pseudo-label; it still predicts the unlabeled cases.
     args = common + [f"run_dir={run_dir}", f"loop.init_from={ref_dir}"]
+    complete = {}  # the steps complete at each kill, as the manifest recorded them
     for where, pause, reached, step in KILL_POINTS:
         kill_at(args, tmp_path, run_dir, where, pause, reached)
-        assert step not in steps(run_dir), f"killed {where}, but {step} was complete"
+        complete = steps(run_dir)
+        assert step not in complete, f"killed {where}, but {step} was complete"
+        if step == "r1/evaluate":  # student 1 was trained before this kill: later reruns must not train it again
+            checkpoint = Path(complete["r1/train"]["result"]["model"]) / "fold_all" / "checkpoint_final.pth"
+            stamp = checkpoint.stat().st_mtime_ns
     last = launch(args, tmp_path)
     _, err = last.communicate(timeout=900)
     assert last.returncode == 0, f"the rerun after the last kill failed:\n{err[-4000:]}"
     assert "resuming" in err
+    got = steps(run_dir)
+    assert {k: got[k] for k in complete} == complete  # a complete step is never run again
+    assert checkpoint.stat().st_mtime_ns == stamp
+    # rerunning the finished run changes nothing
+    again = launch(args, tmp_path)
+    _, err = again.communicate(timeout=900)
+    assert again.returncode == 0 and "resuming" in err and "round " not in err.split("resuming", 1)[1].split("stopped")[0]
+    assert steps(run_dir) == got
 
     # the same accepted pseudo-labels, byte for byte
-    got = steps(run_dir)
     assert set(got) == set(ref_steps)
     for r in (1, 2):
         want, have = ref_steps[f"r{r}/teacher"]["result"], got[f"r{r}/teacher"]["result"]
