@@ -94,25 +94,31 @@ def environment(pause: str | None = None) -> dict:
     return env
 
 
-def launch(args: list[str], cwd: Path, pause: str | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], cwd=cwd, env=environment(pause),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group: nnU-Net's workers die with it
-
-
 def kill_at(args: list[str], cwd: Path, run_dir: Path, where: str, pause: str, reached, timeout: float = 300) -> None:
-    proc = launch(args, cwd, pause)
+    """Start the run, watch its folder until it has ``reached`` the point, then SIGKILL its process group."""
+    log = cwd / "killed.err"  # a file, not a pipe: a pipe nobody reads while the run is watched could stall it
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], cwd=cwd, env=environment(pause),
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)  # its own process group: nnU-Net's workers die with it
     deadline = time.monotonic() + timeout
     try:
         while not reached(run_dir, steps(run_dir)):
-            assert proc.poll() is None, f"the run ended before {where}:\n{proc.stderr.read()[-3000:]}"
+            assert proc.poll() is None, f"the run ended before {where}:\n{log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"the run did not reach {where} in {timeout} s"
             time.sleep(0.02)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # no cleanup code runs, in any process of the run
         proc.wait()
-        proc.stderr.close()
+
+
+def finish(args: list[str], cwd: Path) -> str:
+    """Run the command to its end; its stderr."""
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *args], cwd=cwd, env=environment(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900)
+    assert proc.returncode == 0, f"semisam {' '.join(args)} failed:\n{proc.stderr[-4000:]}"
+    return proc.stderr
 
 
 def tree(run_dir: Path) -> Counter:
@@ -133,9 +139,7 @@ def test_a_run_killed_anywhere_resumes_to_what_an_uninterrupted_run_ends_with(tm
     data = make_synthetic(tmp_path / "Dataset900_Synthetic", n_train=8, n_labeled=2, n_test=3, seed=3)
     common = ["run", "experiment=smoke", f"dataset.raw_dir={data}", "loop.max_rounds=2", "loop.stop_when_no_new=false"]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
-    ref = launch(common + [f"run_dir={ref_dir}"], tmp_path)
-    _, err = ref.communicate(timeout=900)
-    assert ref.returncode == 0, err[-4000:]
+    finish(common + [f"run_dir={ref_dir}"], tmp_path)
     ref_steps = steps(ref_dir)
     assert ref_steps["r1/teacher"]["result"]["accepted"] and ref_steps["r2/teacher"]["result"]["accepted"]
     assert "r2/evaluate" in ref_steps  # three rounds were trained
@@ -151,17 +155,13 @@ def test_a_run_killed_anywhere_resumes_to_what_an_uninterrupted_run_ends_with(tm
         if step == "r1/evaluate":  # student 1 was trained before this kill: later reruns must not train it again
             checkpoint = Path(complete["r1/train"]["result"]["model"]) / "fold_all" / "checkpoint_final.pth"
             stamp = checkpoint.stat().st_mtime_ns
-    last = launch(args, tmp_path)
-    _, err = last.communicate(timeout=900)
-    assert last.returncode == 0, f"the rerun after the last kill failed:\n{err[-4000:]}"
-    assert "resuming" in err
+    assert "resuming" in finish(args, tmp_path)  # the rerun after the last kill
     got = steps(run_dir)
     assert {k: got[k] for k in complete} == complete  # a complete step is never run again
     assert checkpoint.stat().st_mtime_ns == stamp
     # rerunning the finished run changes nothing
-    again = launch(args, tmp_path)
-    _, err = again.communicate(timeout=900)
-    assert again.returncode == 0 and "resuming" in err and "round " not in err.split("resuming", 1)[1].split("stopped")[0]
+    err = finish(args, tmp_path)
+    assert "resuming" in err and "round " not in err.split("resuming", 1)[1].split("stopped")[0]
     assert steps(run_dir) == got
 
     # the same accepted pseudo-labels, byte for byte
