@@ -223,6 +223,9 @@ class Experiment:
             online = dict(recipe=str(self.run_dir / "config.yaml"),
                           teacher_cache_dir=self.cfg.teacher.cache_dir or str(self.run_dir / "cache" / "embeddings"),
                           epoch_callback=self.tracker.log_training_epoch)
+        # an interrupted training starts over: nnU-Net keeps its time-stamped log and the checkpoints of the
+        # attempt beside the new ones otherwise
+        remove_tree(self.student(r).paths.results)
         say(f"round {r}: training the student ({epochs} epochs × {s.iterations_per_epoch} iterations, lr {lr}"
             f"{', fine-tuned from round ' + str(r - 1) if init else ''}"
             f"{f', labeled cases drawn for {share:.0%} of the samples' if share else ''}, seed {self.cfg.seed})")
@@ -256,8 +259,10 @@ class Experiment:
         return {"model": str(model), "init": str(init), "epochs": epochs, "lr": s.finetune_lr}
 
     def predict(self, r: int, cases, out: Path, probabilities: bool) -> list[Path]:
+        # overwrite: a step runs only when the manifest does not record it, so a folder already at ``out`` is
+        # from an attempt killed after the folder was complete but before the step was recorded
         return self.student(r).predict(self.round_model(r), [list(c.image_files) for c in cases], out,
-                                       save_probabilities=probabilities, fold=self.cfg.student.fold)
+                                       save_probabilities=probabilities, fold=self.cfg.student.fold, overwrite=True)
 
     def evaluate(self, r: int) -> dict:
         """Test (and validation) Dice/HD95 of student ``r`` (the model of :meth:`round_model`)."""
@@ -294,10 +299,16 @@ class Experiment:
         """
         t0 = time.time()
         labeler = self.labeler
-        adapt_stats = distributed.lead(lambda: self.adapt_teacher(r, accepted_before))
         probs_dir = Path(self.state.result(f"r{r - 1}/predict_unlabeled")["dir"])
         out = self.round_dir(r) / "pseudo"
-        out.mkdir(parents=True, exist_ok=True)
+
+        def prepare() -> dict | None:
+            remove_tree(out)  # an interrupted round starts over: no pseudo-label of a case this attempt may reject
+            out.mkdir(parents=True)
+            return self.adapt_teacher(r, accepted_before)
+
+        # rank 0 alone empties pseudo/ and adapts, before any rank writes a pseudo-label (the others wait for it)
+        adapt_stats = distributed.lead(prepare)
         cases = list(enumerate(self.cases.unlabeled))
 
         def share() -> tuple[list, list, PseudoQuality, dict]:

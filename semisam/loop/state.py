@@ -1,8 +1,9 @@
 """Run folder state: which steps are complete, so that rerunning the same command resumes.
 
 Every step of a run writes into its own folder and is recorded in ``manifest.json`` *last*, atomically.
-A step recorded there is complete and is skipped on the next run; a step that was interrupted left at most
-a temporary folder, which is removed before the step runs again.
+A step recorded there is complete and is skipped on the next run; a step that was interrupted is run again
+from the start (its folder, or the files it writes, replaced). What interrupted atomic writes left (temporary
+names of :mod:`semisam.utils.io`) is removed when the run folder is opened again.
 
 The manifest also holds the run's identity (:func:`run_identity`): a fingerprint of the resolved recipe's
 values that change results and one of the dataset's content (:mod:`semisam.data.identity`), with the values
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from semisam.utils.errors import SemisamError
-from semisam.utils.io import write_json_atomic
+from semisam.utils.io import remove_temporaries, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -245,6 +246,8 @@ class RunState:
             refusal = resume_refusal(self.manifest, identity, self.run_dir)
             if refusal:
                 raise SemisamError(refusal)
+            # a run killed mid-write (SIGKILL, power loss) leaves temporaries that no rerun would otherwise reuse
+            remove_temporaries(self.run_dir)
         else:
             self.manifest = {"identity": identity, "created": time.time(), "steps": {}}
             self._save()

@@ -84,6 +84,36 @@ def remove_tree(path: str | os.PathLike) -> None:
         shutil.rmtree(path)
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file or folder name is one the atomic writers here give what is not complete yet:
+    ``.<name>.tmp-<random>[<suffixes>]`` (:func:`atomic_write_path`, :func:`atomic_dir`) or ``.<name>.old-<pid>``
+    (the version :func:`atomic_dir` is replacing)."""
+    return name.startswith(".") and (".tmp-" in name or ".old-" in name)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove, anywhere under ``folder``, what atomic writes that never finished left behind (a process killed
+    with SIGKILL runs no cleanup); return what was removed. Symbolic links are not followed.
+
+    Only for a folder no other process is writing into: a temporary being written would be removed under it.
+    """
+    removed = []
+    for parent, dirs, files in os.walk(folder):
+        for name in [d for d in dirs if is_temporary(d)]:
+            dirs.remove(name)
+            path = Path(parent) / name
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        for name in files:
+            if is_temporary(name):
+                (Path(parent) / name).unlink(missing_ok=True)
+                removed.append(Path(parent) / name)
+    return removed
+
+
 #: errors of a write that more room would fix: a full disk, a quota, a file-size limit (``ulimit -f``)
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

@@ -128,3 +128,29 @@ def test_run_state_records_steps_last_and_refuses_another_recipe(tmp_path):
     with pytest.raises(SemisamError, match="restart=true"):
         RunState(tmp_path / "run", config_fingerprint({"a": 2}))
     assert not RunState(tmp_path / "run", config_fingerprint({"a": 2}), restart=True).resumed
+
+
+def test_reopening_a_run_folder_removes_what_killed_atomic_writes_left(tmp_path):
+    """A process that dies inside an atomic write (os._exit: no cleanup runs, as under SIGKILL) leaves its
+    temporary; the run folder's next opening removes it, and only it."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    RunState(run_dir, "fp")
+    (run_dir / "pseudo").mkdir()
+    (run_dir / ".hidden-but-not-temporary").write_text("kept")
+    prelude = "import os, sys; from pathlib import Path; from semisam.utils.io import atomic_dir, atomic_write_path\n"
+    killed_in_file = ("with atomic_write_path(Path(sys.argv[1]) / 'pseudo' / 'case_0.png') as tmp:\n"
+                      "    tmp.write_bytes(b'done')\n"  # a finished write: nothing temporary left
+                      "with atomic_write_path(Path(sys.argv[1]) / 'pseudo' / 'case_1.png') as tmp:\n"
+                      "    tmp.write_bytes(b'ha'); os._exit(1)\n")
+    killed_in_dir = ("with atomic_dir(Path(sys.argv[1]) / 'pred') as tmp:\n"
+                     "    (tmp / 'case_0.npz').write_bytes(b'x'); os._exit(1)\n")
+    for code in (killed_in_file, killed_in_dir):
+        assert subprocess.run([sys.executable, "-c", prelude + code, str(run_dir)]).returncode == 1
+    left = sorted(p.relative_to(run_dir).as_posix().split(".tmp-")[0] for p in run_dir.rglob(".*.tmp-*"))
+    assert left == [".pred", "pseudo/.case_1.png"]
+    RunState(run_dir, "fp")
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == [
+        ".hidden-but-not-temporary", "manifest.json", "pseudo", "pseudo/case_0.png"]
