@@ -313,7 +313,7 @@ def test_readme_nnunet_commands_run_as_written(tmp_path: Path):
 
     notes = [line for line in proc.stderr.splitlines() if line.startswith("[semisam nnunet]")]
     assert len(notes) == 3, log
-    assert "nnUNet_n_proc_DA=0 raised to 1 for nnUNetv2_plan_and_preprocess" in notes[0]
+    assert "nnUNetv2_plan_and_preprocess: nnUNet_n_proc_DA=0 raised to 1" in notes[0]
     assert all(f"using -device {available_device_type()}" in n for n in notes[1:])
     assert "semisam: 1 epochs x 2 iterations" in proc.stdout, log
     model = tmp_path / "nnunet" / "results" / "Dataset501_Nuclei" / "nnUNetTrainerSemiSAM__nnUNetPlans__2d"

@@ -13,34 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from semisam.loop.state import RunState
+from semisam.loop.state import ManifestView, RunState
 from semisam.utils import distributed
 
 
-class FollowerState:
-    """The manifest copy of a rank other than 0: the same reading methods as :class:`RunState`, and
-    :meth:`run` takes rank 0's result instead of running the step (or runs its share, for a collective step)."""
+class FollowerState(ManifestView):
+    """The manifest copy of a rank other than 0: :class:`RunState`'s reading methods, and :meth:`run` takes rank
+    0's result instead of running the step (or runs its share, for a collective step)."""
 
     def __init__(self, run_dir: str | Path, manifest: dict[str, Any]):
         self.run_dir = Path(run_dir)
         self.manifest = manifest
-
-    @property
-    def resumed(self) -> bool:
-        return bool(self.manifest["steps"])
-
-    def done(self, step: str) -> bool:
-        return step in self.manifest["steps"]
-
-    def result(self, step: str) -> Any:
-        return self.manifest["steps"][step]["result"]
-
-    def seconds(self, step: str) -> float | None:
-        entry = self.manifest["steps"].get(step)
-        return None if entry is None else entry["seconds"]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.manifest.get(key, default)
 
     def set(self, key: str, value: Any) -> None:
         self.manifest[key] = value

@@ -214,7 +214,31 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-class RunState:
+class ManifestView:
+    """Reading a run's manifest: which steps are complete, their results and times, the run's other keys."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.manifest["steps"])
+
+    def done(self, step: str) -> bool:
+        return step in self.manifest["steps"]
+
+    def result(self, step: str) -> Any:
+        return self.manifest["steps"][step]["result"]
+
+    def seconds(self, step: str) -> float | None:
+        entry = self.manifest["steps"].get(step)
+        return None if entry is None else entry["seconds"]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.manifest.get(key, default)
+
+
+class RunState(ManifestView):
     """The manifest of one run folder.
 
     Args:
@@ -252,16 +276,6 @@ class RunState:
             self.manifest = {"identity": identity, "created": time.time(), "steps": {}}
             self._save()
 
-    @property
-    def resumed(self) -> bool:
-        return bool(self.manifest["steps"])
-
-    def done(self, step: str) -> bool:
-        return step in self.manifest["steps"]
-
-    def result(self, step: str) -> Any:
-        return self.manifest["steps"][step]["result"]
-
     def run(self, step: str, fn: Callable[[], Any], collective: bool = False) -> Any:
         """Run ``fn`` unless ``step`` is complete; record its JSON-able result last.
 
@@ -282,16 +296,9 @@ class RunState:
         self.manifest["steps"][step] = {"result": result, "seconds": seconds, "shared_from": source}
         self._save()
 
-    def seconds(self, step: str) -> float | None:
-        entry = self.manifest["steps"].get(step)
-        return None if entry is None else entry["seconds"]
-
     def set(self, key: str, value: Any) -> None:
         self.manifest[key] = value
         self._save()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.manifest.get(key, default)
 
     def _save(self) -> None:
         try:

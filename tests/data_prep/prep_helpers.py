@@ -69,3 +69,14 @@ def expect_main_error(capsys, argv: list, out: Path, needle: str) -> str:
     if out.parent.is_dir():
         assert leftovers(out.parent, out.name) == []
     return lines[0]
+
+
+def fake_download(make, folder: str = "download"):
+    """A pytest fixture returning ``make(tmp_path / folder)``: a fake copy of a release's layout for a converter."""
+    import pytest
+
+    @pytest.fixture
+    def fixture(tmp_path: Path) -> Path:
+        return make(tmp_path / folder)
+
+    return fixture

@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from data_prep.acdc import make_acdc
 from data_prep.split import split_dataset
-from prep_helpers import expect_main_error, file_bytes, leftovers
+from prep_helpers import expect_main_error, fake_download, file_bytes, leftovers
 from semisam.data import RawDataset, load_split
 
 SHAPE_ZYX = (3, 12, 10)
@@ -47,9 +46,7 @@ def make_fake_acdc(src: Path) -> Path:
     return src
 
 
-@pytest.fixture
-def acdc_src(tmp_path: Path) -> Path:
-    return make_fake_acdc(tmp_path / "ACDC")
+acdc_src = fake_download(make_fake_acdc, "ACDC")
 
 
 def _patients(ids) -> set[str]:

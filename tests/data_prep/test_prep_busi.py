@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_prep.busi import find_busi, make_busi
-from prep_helpers import expect_main_error
+from prep_helpers import expect_main_error, fake_download
 from semisam.data import RawDataset, load_split
 
 SHAPE = (24, 32)  # (Y, X)
@@ -42,9 +41,7 @@ def make_fake_busi(src: Path) -> Path:
     return src
 
 
-@pytest.fixture
-def busi_src(tmp_path: Path) -> Path:
-    return make_fake_busi(tmp_path / "download")
+busi_src = fake_download(make_fake_busi)
 
 
 def test_busi_converts_and_passes_nnunet(tmp_path, busi_src):

@@ -4,11 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_prep.isic2018 import make_isic2018
-from prep_helpers import expect_main_error
+from prep_helpers import expect_main_error, fake_download
 from semisam.data import RawDataset, load_split
 
 SHAPE = (30, 40)  # (Y, X)
@@ -44,9 +43,7 @@ def make_fake_isic(src: Path, validation: bool = True) -> Path:
     return src
 
 
-@pytest.fixture
-def isic_src(tmp_path: Path) -> Path:
-    return make_fake_isic(tmp_path / "download")
+isic_src = fake_download(make_fake_isic)
 
 
 def test_isic_official_validation_as_test_and_passes_nnunet(tmp_path, isic_src):

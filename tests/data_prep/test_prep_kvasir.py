@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_prep.kvasir import make_kvasir
-from prep_helpers import expect_main_error
+from prep_helpers import expect_main_error, fake_download
 from semisam.data import RawDataset, load_split
 
 NAMES = ("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4", "cju0roawvklrq0799vmjorwfv",
@@ -35,9 +34,7 @@ def make_fake_kvasir(src: Path) -> Path:
     return src
 
 
-@pytest.fixture
-def kvasir_src(tmp_path: Path) -> Path:
-    return make_fake_kvasir(tmp_path / "download")
+kvasir_src = fake_download(make_fake_kvasir)
 
 
 def test_kvasir_converts_and_passes_nnunet(tmp_path, kvasir_src):
