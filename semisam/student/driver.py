@@ -247,20 +247,21 @@ class NnUNetStudent:
         fold = _check_fold(fold)
         if validate is None:
             validate = fold != "all"
+        settings = dict(epochs=epochs, iterations_per_epoch=iterations_per_epoch,
+                        val_iterations_per_epoch=val_iterations_per_epoch, initial_lr=initial_lr, batch_size=batch_size,
+                        init_checkpoint=init_checkpoint, seed=seed, labeled_cases=labeled_cases,
+                        labeled_share=labeled_share, recipe=recipe, teacher_cache_dir=teacher_cache_dir)
         if self.num_gpus > 1:
-            return self._train_ddp(dataset_id, configuration, fold, results_dir, validate, dict(
-                epochs=epochs, iterations_per_epoch=iterations_per_epoch,
-                val_iterations_per_epoch=val_iterations_per_epoch, initial_lr=initial_lr, batch_size=batch_size,
-                init_checkpoint=init_checkpoint, seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share,
-                recipe=recipe, teacher_cache_dir=teacher_cache_dir))
+            return self._train_ddp(dataset_id, configuration, fold, results_dir, validate, settings)
+        return self._run_trainer(dataset_id, configuration, fold, results_dir, validate, settings, epoch_callback)
+
+    def _run_trainer(self, dataset_id: int, configuration: str, fold: int | str,
+                     results_dir: str | os.PathLike | None, validate: bool, settings: dict,
+                     epoch_callback=None) -> Path:
+        """Build our trainer with ``settings`` (:meth:`build_trainer`'s keywords), train it and, when asked,
+        validate it: the whole training in one process, or in each of :meth:`_train_ddp`'s processes."""
         with self.env(results_dir):
-            trainer = self.build_trainer(dataset_id, configuration, fold, epochs=epochs,
-                                         iterations_per_epoch=iterations_per_epoch,
-                                         val_iterations_per_epoch=val_iterations_per_epoch,
-                                         initial_lr=initial_lr, batch_size=batch_size,
-                                         init_checkpoint=init_checkpoint, seed=seed,
-                                         labeled_cases=labeled_cases, labeled_share=labeled_share,
-                                         recipe=recipe, teacher_cache_dir=teacher_cache_dir)
+            trainer = self.build_trainer(dataset_id, configuration, fold, **settings)
             trainer.semisam_epoch_callback = epoch_callback
             trainer.run_training()
             if validate:
@@ -273,13 +274,10 @@ class NnUNetStudent:
         node, NCCL, nnU-Net's trainer in DDP (each rank its share of the batch, rank 0 writes the checkpoints).
         Our trainer is built with the recipe's values in each process, which nnU-Net's own launcher cannot do.
         Live per-epoch logging is not sent across processes; the curves are read from the checkpoint after."""
-        import socket
-
         import torch.multiprocessing as mp
+        from nnunetv2.run.run_training import find_free_network_port
 
-        with socket.socket() as sock:  # a free port for this training's own group (not torchrun's)
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = find_free_network_port()  # this training's own group (not torchrun's)
         mp.spawn(_ddp_rank, args=(self.num_gpus, port, str(self.work_dir), self.plans_identifier, self.n_proc_da,
                                   dataset_id, configuration, fold, None if results_dir is None else str(results_dir),
                                   validate, settings), nprocs=self.num_gpus, join=True)
@@ -400,11 +398,7 @@ def _ddp_rank(rank: int, world_size: int, port: int, work_dir: str, plans_identi
     torch.cuda.set_device(rank)
     student = NnUNetStudent(work_dir, device=f"cuda:{rank}", plans_identifier=plans_identifier, n_proc_da=n_proc_da)
     try:
-        with student.env(results_dir):
-            trainer = student.build_trainer(dataset_id, configuration, fold, **settings)
-            trainer.run_training()
-            if validate:
-                trainer.perform_actual_validation(save_probabilities=False)
+        student._run_trainer(dataset_id, configuration, fold, results_dir, validate, settings)
     finally:
         dist.destroy_process_group()
 
