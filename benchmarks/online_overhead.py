@@ -91,7 +91,8 @@ def main() -> None:
                 trainer.num_epochs, trainer.num_iterations_per_epoch = args.epochs, args.iterations
             else:
                 trainer = base
-                trainer.apply_overrides(TrainerOverrides(recipe=RECIPES[name], teacher_cache_dir=str(
+                # no W&B run of the trainer's own: the stock trainer has none either
+                trainer.apply_overrides(TrainerOverrides(recipe=[*RECIPES[name], "logger=disabled"], teacher_cache_dir=str(
                     args.work / "cache" / "embeddings")))
             trainer.initialize()
             if weights is None:

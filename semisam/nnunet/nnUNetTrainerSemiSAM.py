@@ -242,6 +242,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self._resumed_store_epoch: int | None = None
         self._iteration = 0  # within the epoch: where λ(t) is read
         self._epoch_record: dict | None = None  # the online terms' means of the epoch, for on_epoch_end
+        self._wandb = None  # the trainer's own W&B run under nnUNetv2_train (semisam.tracking.Tracker)
         self.apply_overrides(TrainerOverrides.from_env(plans.get("dataset_name")))
 
     def apply_overrides(self, overrides: TrainerOverrides) -> None:
@@ -397,6 +398,47 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         super().on_train_start()
         if self.online and self.semisam_online.sam_weight.on:
             self._build_sam()
+        self._open_wandb()
+
+    def run_training(self):
+        """nnU-Net's training; the trainer's own W&B run (see :meth:`_open_wandb`) is closed however it ends."""
+        try:
+            super().run_training()
+        except BaseException:
+            self._close_wandb(exit_code=1)
+            raise
+        self._close_wandb()
+
+    def _open_wandb(self) -> None:
+        """Under ``nnUNetv2_train`` (no ``semisam run`` receiving the records): when the recipe's ``logger.wandb``
+        is not ``disabled``, open a W&B run of this training in the fold's output folder (``wandb_run_id`` and
+        ``metrics.json`` there; W&B's files under ``logger.dir``, ``$WANDB_DIR`` or that folder) and log each
+        epoch's record to it as the epoch ends (``train_live/*``). ``--c`` continues the same W&B run. Rank 0
+        only; nothing when a caller already receives the records (``semisam_epoch_callback``)."""
+        cfg = self.semisam_recipe
+        if (cfg is None or self.semisam_epoch_callback is not None or self.local_rank != 0
+                or cfg.logger.wandb == "disabled"):
+            return
+        from semisam.config import to_dict
+        from semisam.tracking.wandb_sink import Tracker
+
+        lg = cfg.logger
+        name = lg.name or f"{self.plans_manager.dataset_name}/{self.configuration_name}/fold_{self.fold}"
+        config = {"recipe": to_dict(cfg), "trainer": {"dataset": self.plans_manager.dataset_name,
+                                                     "configuration": self.configuration_name, "fold": self.fold,
+                                                     "num_epochs": self.num_epochs,
+                                                     "num_iterations_per_epoch": self.num_iterations_per_epoch,
+                                                     "initial_lr": self.initial_lr, "seed": self.semisam_seed}}
+        self._wandb = Tracker.create(lg.wandb, lg.project, self.output_folder, config=config, name=name,
+                                     tags=list(lg.tags) or None, entity=lg.entity, group=lg.group, dir=lg.dir)
+        self.semisam_epoch_callback = self._wandb.log_training_epoch
+        self.print_to_log_file(f"semisam: W&B run {self._wandb.run_id} ({lg.wandb}), epochs logged as train_live/*")
+
+    def _close_wandb(self, exit_code: int = 0) -> None:
+        tracker, self._wandb = getattr(self, "_wandb", None), None
+        if tracker is not None:
+            self.semisam_epoch_callback = None
+            tracker.finish(exit_code=exit_code)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

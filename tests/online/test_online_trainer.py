@@ -57,6 +57,9 @@ def _trainer(planned, cls, overrides: TrainerOverrides | None = None):
             trainer = cls(plans={**trainer.plans_manager.plans, "continue_training": False}, configuration="2d", fold="all",
                           dataset_json=trainer.dataset_json, device=torch.device("cpu"))
         elif overrides is not None:
+            if isinstance(overrides.recipe, tuple) and not any(o.startswith("logger=") for o in overrides.recipe):
+                # these trainers are driven step by step and never finished: no W&B run of their own
+                overrides = TrainerOverrides(**{**vars(overrides), "recipe": [*overrides.recipe, "logger=disabled"]})
             trainer.apply_overrides(overrides)
     return trainer
 
@@ -137,6 +140,8 @@ def _nnunet_cli(planned, *args, check=True):
 
 
 def test_nnunetv2_train_continue_and_predict(planned):
+    from wandb_files import history_rows, offline_runs, wait_for_records
+
     student = planned["student"]
     raw_linked = student.paths.raw / "Dataset921_Online"
     settings = raw_linked / "semisam_trainer.json"
@@ -146,6 +151,12 @@ def test_nnunetv2_train_continue_and_predict(planned):
     train = ["nnUNetv2_train", "921", "2d", "all", "-tr", "nnUNetTrainerSemiSAM", "-device", "cpu"]
     _nnunet_cli(planned, *train)
     fold = student.paths.results / "Dataset921_Online" / "nnUNetTrainerSemiSAM__nnUNetPlans__2d" / "fold_all"
+    # the recipe's logger (W&B offline by default): the trainer's own W&B run, one train_live row per epoch
+    run_id = (fold / "wandb_run_id").read_text().strip()
+    (first_run,) = offline_runs(fold, run_id)
+    live = [r for r in history_rows(wait_for_records(first_run)) if "train_live/sam" in r]
+    assert [r["train_live/epoch"] for r in live] == [0, 1]
+    assert all("train_live/refresh_kept_fraction" in r and "train_live/lambda_s" in r for r in live)
     ckpt = read_checkpoint(fold / "checkpoint_final.pth")
     extra = ckpt["semisam"]
     assert [r["epoch"] for r in extra["history"]] == [0, 1]
@@ -164,6 +175,11 @@ def test_nnunetv2_train_continue_and_predict(planned):
     extra = read_checkpoint(fold / "checkpoint_final.pth")["semisam"]
     assert [r["epoch"] for r in extra["history"]] == [0, 1, 2]
     assert int(extra["ema"]["n_averaged"]) == 6  # 4 restored + 2 (a fresh teacher would count 2)
+    # the same W&B run goes on, its steps after the first part's
+    assert (fold / "wandb_run_id").read_text().strip() == run_id
+    (second_run,) = [p for p in offline_runs(fold, run_id) if p != first_run]
+    more = [r for r in history_rows(wait_for_records(second_run)) if "train_live/sam" in r]
+    assert [r["train_live/epoch"] for r in more] == [2] and more[0]["_step"] > max(r["_step"] for r in live)
 
     out = planned["root"] / "pred"
     _nnunet_cli(planned, "nnUNetv2_predict", "-i", str(planned["raw"] / "imagesTs"), "-o", str(out), "-d", "921",
