@@ -111,6 +111,9 @@ class StudentConfig:
     # init=finetune, rounds r > 0 (and loop.final_finetune_epochs): poly schedule restarted at this lr
     finetune_lr: float = positive(1e-3)
     finetune_epochs: Optional[int] = bounded(None, 1)  # init=finetune, rounds r > 0; None: epochs
+    # rounds r > 0: augmentation of the pseudo-labeled cases; da5 = nnU-Net's stronger nnUNetTrainerDA5
+    # pipeline (the labeled cases keep nnU-Net's default)
+    pseudo_augmentation: str = choice("default", "default", "da5")
     num_processes: int = bounded(1, 1)  # preprocessing workers
     num_processes_da: int = bounded(2, 0)  # data-augmentation workers (0: in the main process)
     num_gpus: int = bounded(1, 1)  # > 1: nnU-Net's DDP training on this many GPUs of one node (CUDA only)

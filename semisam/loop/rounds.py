@@ -206,7 +206,8 @@ class Experiment:
 
         With ``student.init=finetune``, rounds r > 0 start from round r − 1's student (:meth:`round_model`)
         with their own schedule: ``student.finetune_lr``, ``student.finetune_epochs``. The labeled cases are
-        drawn with the dataset step's ``labeled_share``."""
+        drawn with the dataset step's ``labeled_share``; from round 1 on the pseudo-labeled cases get
+        ``student.pseudo_augmentation``."""
         s = self.cfg.student
         init, epochs, lr = None, s.epochs, s.initial_lr
         if r > 0 and s.init == "finetune":
@@ -234,7 +235,8 @@ class Experiment:
                                       val_iterations_per_epoch=s.val_iterations_per_epoch,
                                       initial_lr=lr, batch_size=s.batch_size, init_checkpoint=init,
                                       seed=self.cfg.seed, labeled_cases=[c.case_id for c in self.cases.train],
-                                      labeled_share=share, **online)
+                                      labeled_share=share, pseudo_augmentation=s.pseudo_augmentation if r > 0 else None,
+                                      **online)
         return {"model": str(model), "seed": self.cfg.seed}
 
     def finetune(self, r: int) -> dict:

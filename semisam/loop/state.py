@@ -43,7 +43,7 @@ NOT_RESULTS = ("device", "restart", "logger", "student.num_processes", "student.
 #: in them train the same round 0 and can share it (``loop.init_from``). In the round-0 fingerprint
 #: ``student.init`` counts as ``"scratch"`` (how round 0 is always trained) and the others are left out, so
 #: fingerprints stored before they existed still match.
-AFTER_ROUND0 = ("student.init", "student.finetune_lr", "student.finetune_epochs")
+AFTER_ROUND0 = ("student.init", "student.finetune_lr", "student.finetune_epochs", "student.pseudo_augmentation")
 
 
 def _hash(obj: Any) -> str:
@@ -169,6 +169,7 @@ ADDED_KEYS: dict[str, Any] = {
     # used only when rounds fine-tune (before, they restarted at student.initial_lr for student.epochs)
     "student.finetune_lr": lambda now: now.get("student.init") != "finetune",
     "student.finetune_epochs": lambda now: now.get("student.init") != "finetune",
+    "student.pseudo_augmentation": "default",
     # online training (unlabeled batches inside nnU-Net's trainer): without it, the training is what it was
     **{f"online.{k}": (lambda now: not _online_on(now))
        for k in ("consistency", "sam_refresh_every", "ema_decay", "teacher_noise", "confidence", "weak_teacher",

@@ -8,10 +8,13 @@ One class for every recipe (no ``nnUNetTrainer_Xepochs`` subclasses). The values
   read when the trainer is constructed, so that ``nnUNetv2_train DATASET 2d all -tr nnUNetTrainerSemiSAM``
   trains with the recipe's values too.
 
-Only ``__init__`` (same signature as nnU-Net's, which its checkpoints rely on), ``initialize`` and
-``get_dataloaders`` are overridden (the last two to seed, see :func:`seed_everything`, and to weight the
-training loader's case sampling, see :func:`labeled_sampling_probabilities`); the training loop,
-augmentation, validation and checkpointing are nnU-Net's.
+Without online terms, only ``__init__`` (same signature as nnU-Net's, which its checkpoints rely on),
+``initialize`` and ``get_dataloaders`` change what is computed (the last two to seed, see
+:func:`seed_everything`, and to weight the training loader's case sampling, see
+:func:`labeled_sampling_probabilities`), and ``get_training_transforms`` when pseudo-labeled cases get stronger
+augmentation (:class:`PerCaseTransforms`); the training loop, augmentation pipelines, validation and
+checkpointing are nnU-Net's. (``run_training`` and ``on_train_start`` also open and close the trainer's own W&B
+run under ``nnUNetv2_train``; the online hooks are described on the class.)
 
 Labeled oversampling: with ``labeled_cases`` and ``labeled_share`` the training loader draws a labeled case
 with total probability ``labeled_share`` (uniform among the labeled cases) and one of the others (the
@@ -65,6 +68,9 @@ from semisam.student.checkpoint import read_checkpoint, read_checkpoint_weights
 # nnUNetDataLoader up in it
 _nnunet_trainer_module = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
 
+#: The training transforms a pseudo-labeled case can get (``TrainerOverrides.pseudo_augmentation``).
+PSEUDO_AUGMENTATIONS = ("default", "da5")
+
 #: Environment variable naming a JSON file of :class:`TrainerOverrides` keys.
 CONFIG_ENV_VAR = "SEMISAM_TRAINER_CONFIG"
 #: The settings file looked up in the raw dataset folder when ``$SEMISAM_TRAINER_CONFIG`` is not set.
@@ -101,6 +107,9 @@ class TrainerOverrides:
             with ``dataset.raw_dir`` set to the trained dataset's raw folder. None: no online terms.
         teacher_cache_dir: the SAM embedding cache of the SAM term (None: the recipe's ``teacher.cache_dir``, else
             ``semisam_cache/embeddings`` in the preprocessed dataset folder).
+        pseudo_augmentation: the training transforms of the cases not in ``labeled_cases`` (the pseudo-labeled
+            ones): ``"default"`` (nnU-Net's, as the labeled cases) or ``"da5"`` (nnU-Net's stronger
+            ``nnUNetTrainerDA5`` pipeline). Needs ``labeled_cases``. See :class:`PerCaseTransforms`.
     """
 
     num_epochs: int | None = None
@@ -114,6 +123,7 @@ class TrainerOverrides:
     labeled_share: float | None = None
     recipe: str | Sequence[str] | None = None
     teacher_cache_dir: str | None = None
+    pseudo_augmentation: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "batch_size"):
@@ -153,6 +163,12 @@ class TrainerOverrides:
             object.__setattr__(self, "recipe", recipe)
         if self.teacher_cache_dir is not None:
             object.__setattr__(self, "teacher_cache_dir", str(self.teacher_cache_dir))
+        aug = self.pseudo_augmentation
+        if aug is not None and aug not in PSEUDO_AUGMENTATIONS:
+            raise _error(f"trainer override pseudo_augmentation must be one of {', '.join(PSEUDO_AUGMENTATIONS)}, "
+                         f"got {aug!r}")
+        if aug not in (None, "default") and cases is None:
+            raise _error("trainer override pseudo_augmentation needs labeled_cases (the labeled case identifiers)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "trainer overrides") -> "TrainerOverrides":
@@ -230,6 +246,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self.semisam_labeled_share: float | None = None
         self.semisam_recipe = None  # the composed RunConfig of the online recipe (None: no online terms)
         self.semisam_teacher_cache_dir: str | None = None
+        self.semisam_pseudo_augmentation: str | None = None
         self.semisam_online = None  # semisam.online.settings.OnlineSettings
         #: called with each epoch's record (a dict of scalars) as training goes: the live W&B curves
         self.semisam_epoch_callback: Callable[[dict], None] | None = None
@@ -258,7 +275,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             value = getattr(overrides, name)
             if value is not None:
                 setattr(self, name, value)
-        for name in ("batch_size", "init_checkpoint", "seed", "labeled_cases", "labeled_share", "teacher_cache_dir"):
+        for name in ("batch_size", "init_checkpoint", "seed", "labeled_cases", "labeled_share", "teacher_cache_dir",
+                     "pseudo_augmentation"):
             value = getattr(overrides, name)
             if value is not None:
                 setattr(self, f"semisam_{name}", value)
@@ -347,6 +365,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         args, kwargs = captured[0]
         kwargs = dict(kwargs)
         kwargs.update(oversample_foreground_percent=0.0, sampling_probabilities=None)
+        if isinstance(kwargs.get("transforms"), PerCaseTransforms):  # nnU-Net's view for the consistency terms
+            kwargs["transforms"] = kwargs["transforms"].labeled
         batch_size = self.semisam_online.unlabeled_batch_size or self.batch_size
         loader = unlabeled_loader_class()(nnUNetDatasetBlosc2(str(folder), list(self.unlabeled_cases)), batch_size,
                                           *args[2:], **kwargs)
@@ -638,6 +658,20 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 self._build_unlabeled_loader(captured)
             return loaders
 
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's training transforms; with ``pseudo_augmentation="da5"``, a :class:`PerCaseTransforms` that
+        gives the pseudo-labeled cases (those not in ``labeled_cases``) nnU-Net's ``nnUNetTrainerDA5`` pipeline,
+        built from the same arguments (patch size, rotation, deep supervision scales, mirroring, labels)."""
+        stock = super().get_training_transforms(*args, **kwargs)
+        if self.semisam_pseudo_augmentation in (None, "default") or not self.semisam_labeled_cases:
+            return stock
+        from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
+
+        self.print_to_log_file("semisam: pseudo-labeled cases get nnU-Net's DA5 augmentation, the "
+                               f"{len(self.semisam_labeled_cases)} labeled cases the default")
+        return PerCaseTransforms(stock, nnUNetTrainerDA5.get_training_transforms(*args, **kwargs),
+                                 self.semisam_labeled_cases)
+
     def training_sampling_probabilities(self, identifiers: Sequence[str]) -> np.ndarray | None:
         """The training loader's ``sampling_probabilities`` for its cases (in loader order), logged; None
         (uniform) when no share is set, or when the cases are all labeled or none is."""
@@ -776,8 +810,11 @@ def weighted_training_loader(probabilities_for: Callable[[Sequence[str]], np.nda
     built = itertools.count()
 
     def build_loader(data, *args, **kwargs):
-        if next(built) == 0 and probabilities_for is not None and kwargs.get("sampling_probabilities") is None:
+        first = next(built) == 0
+        if first and probabilities_for is not None and kwargs.get("sampling_probabilities") is None:
             kwargs["sampling_probabilities"] = probabilities_for(list(data.identifiers))
+        if first and isinstance(kwargs.get("transforms"), PerCaseTransforms):
+            kwargs["transforms"].watch(data)
         if captured is not None:
             captured.append(((data, *args), dict(kwargs)))
         return original(data, *args, **kwargs)
@@ -787,6 +824,43 @@ def weighted_training_loader(probabilities_for: Callable[[Sequence[str]], np.nda
         yield
     finally:
         _nnunet_trainer_module.nnUNetDataLoader = original
+
+
+class PerCaseTransforms:
+    """The training loader's transforms chosen per case: ``pseudo`` for cases not in ``labeled_cases``,
+    ``labeled`` for the others.
+
+    nnU-Net's ``nnUNetDataLoader`` applies its transforms to each sample right after loading it with
+    ``dataset.load_case(identifier)``, without passing the identifier on; :meth:`watch` makes the dataset's
+    ``load_case`` record it here first (:class:`_RecordCase`, picklable, so augmentation worker processes get
+    loader, dataset and transforms as one consistent copy).
+    """
+
+    def __init__(self, labeled, pseudo, labeled_cases: Sequence[str]):
+        self.labeled, self.pseudo = labeled, pseudo
+        self.labeled_cases = frozenset(labeled_cases)
+        self.case: str | None = None
+
+    def watch(self, dataset) -> None:
+        if not isinstance(getattr(dataset, "load_case", None), _RecordCase):
+            dataset.load_case = _RecordCase(dataset, self)
+
+    def __call__(self, **data):
+        if self.case is None:
+            raise RuntimeError("PerCaseTransforms applied to a sample of a dataset it does not watch")
+        case, self.case = self.case, None
+        return (self.labeled if case in self.labeled_cases else self.pseudo)(**data)
+
+
+class _RecordCase:
+    """``dataset.load_case`` (its class's) that first tells a :class:`PerCaseTransforms` which case comes next."""
+
+    def __init__(self, dataset, transforms: PerCaseTransforms):
+        self.dataset, self.transforms = dataset, transforms
+
+    def __call__(self, identifier, *args, **kwargs):
+        self.transforms.case = identifier
+        return type(self.dataset).load_case(self.dataset, identifier, *args, **kwargs)
 
 
 def load_network_weights(network: torch.nn.Module, checkpoint_file: str | os.PathLike) -> None:

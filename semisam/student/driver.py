@@ -180,7 +180,8 @@ class NnUNetStudent:
                       initial_lr: float | None = None, batch_size: int | None = None,
                       init_checkpoint: str | os.PathLike | None = None, seed: int | None = None,
                       labeled_cases: Sequence[str] | None = None, labeled_share: float | None = None,
-                      recipe: str | Sequence[str] | None = None, teacher_cache_dir: str | None = None):
+                      recipe: str | Sequence[str] | None = None, teacher_cache_dir: str | None = None,
+                      pseudo_augmentation: str | None = None):
         """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
 
@@ -191,7 +192,8 @@ class NnUNetStudent:
                                      initial_lr=initial_lr, batch_size=batch_size,
                                      init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
                                      seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share,
-                                     recipe=recipe, teacher_cache_dir=teacher_cache_dir)
+                                     recipe=recipe, teacher_cache_dir=teacher_cache_dir,
+                                     pseudo_augmentation=pseudo_augmentation)
         pre = self.paths.preprocessed / self.dataset_name(dataset_id)
         plans_file = pre / f"{self.plans_identifier}.json"
         if not plans_file.is_file():
@@ -219,7 +221,8 @@ class NnUNetStudent:
               results_dir: str | os.PathLike | None = None, validate: bool | None = None,
               seed: int | None = None, labeled_cases: Sequence[str] | None = None,
               labeled_share: float | None = None, recipe: str | Sequence[str] | None = None,
-              teacher_cache_dir: str | None = None, epoch_callback=None) -> Path:
+              teacher_cache_dir: str | None = None, pseudo_augmentation: str | None = None,
+              epoch_callback=None) -> Path:
         """Train the student with nnU-Net's loop and the recipe's length.
 
         Args:
@@ -238,6 +241,8 @@ class NnUNetStudent:
                 through nnU-Net's ``sampling_probabilities``; 0 or None: nnU-Net's uniform sampling.
             recipe, teacher_cache_dir: online training (see :class:`TrainerOverrides`); the unlabeled cases are
                 the images of the dataset's ``imagesTr/`` without a label.
+            pseudo_augmentation: ``"da5"``: the cases not in ``labeled_cases`` are augmented with nnU-Net's
+                stronger ``nnUNetTrainerDA5`` pipeline (see :class:`TrainerOverrides`).
             epoch_callback: called with each epoch's record as training goes (live monitoring).
 
         Returns:
@@ -250,7 +255,8 @@ class NnUNetStudent:
         settings = dict(epochs=epochs, iterations_per_epoch=iterations_per_epoch,
                         val_iterations_per_epoch=val_iterations_per_epoch, initial_lr=initial_lr, batch_size=batch_size,
                         init_checkpoint=init_checkpoint, seed=seed, labeled_cases=labeled_cases,
-                        labeled_share=labeled_share, recipe=recipe, teacher_cache_dir=teacher_cache_dir)
+                        labeled_share=labeled_share, recipe=recipe, teacher_cache_dir=teacher_cache_dir,
+                        pseudo_augmentation=pseudo_augmentation)
         if self.num_gpus > 1:
             return self._train_ddp(dataset_id, configuration, fold, results_dir, validate, settings)
         return self._run_trainer(dataset_id, configuration, fold, results_dir, validate, settings, epoch_callback)

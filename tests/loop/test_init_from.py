@@ -40,14 +40,14 @@ def test_round0_fingerprint_covers_dataset_student_and_seed_only(dataset, tmp_pa
     # the fine-tuning settings are used after round 0 only
     assert round0_fingerprint(base) == round0_fingerprint(to_dict(cfg_for(
         dataset, tmp_path / "b", "student.init=finetune", "student.finetune_lr=0.005", "student.finetune_epochs=2",
-        "loop.final_finetune_epochs=1")))
+        "loop.final_finetune_epochs=1", "student.pseudo_augmentation=da5")))
     # and a fingerprint stored before the fine-tuning keys existed (student.init hashed as set) still matches
     from semisam.loop.state import NOT_RESULTS, _dataset_id, _hash
 
     dataset_part = dict(base["dataset"], raw_dir=str(Path(base["dataset"]["raw_dir"]).resolve()))
     dataset_part["identity"] = _dataset_id(dataset_part["raw_dir"])
     older = {k: v for k, v in base["student"].items()
-             if f"student.{k}" not in NOT_RESULTS and k not in ("finetune_lr", "finetune_epochs")}
+             if f"student.{k}" not in NOT_RESULTS and k not in ("finetune_lr", "finetune_epochs", "pseudo_augmentation")}
     assert older["init"] == "scratch"
     assert round0_fingerprint(base) == _hash({"dataset": dataset_part, "student": older, "seed": base["seed"]})
     for change in ("seed=1", "student.epochs=3", "dataset.num_val=1"):

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +32,6 @@ def test_corrector_round_with_litemedsam_on_nuclei(tmp_path):
     assert teach["accepted"], "the corrector accepted no case"
     assert "r1/train" in steps and steps["r1/dataset"]["result"]["n_pseudo"] == len(teach["accepted"])
     ds = RawDataset.open(data)
-    ignore = 2
     added = 0
     for case in teach["accepted"]:
         pseudo = ds.read_seg(teach["files"][case])[0][0]

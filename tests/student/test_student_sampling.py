@@ -88,12 +88,13 @@ def test_share_zero_no_labeled_case_or_all_labeled_is_uniform(preprocessed):
 
 @pytest.mark.slow
 def test_augmentation_workers_draw_the_labeled_share(preprocessed):
-    """The recipes' default (2 augmentation workers, spawned): the workers receive the weighted loader."""
+    """The recipes' default (2 augmentation workers, spawned): the workers receive the weighted loader (and the
+    per-case transforms of ``pseudo_augmentation``)."""
     student = NnUNetStudent(preprocessed["root"] / "work", device="cpu", n_proc_da=2)
     with student.env(preprocessed["root"] / "results_workers"):
         trainer = student.build_trainer(preprocessed["dataset_id"], "2d", "all", epochs=1, iterations_per_epoch=1,
                                         val_iterations_per_epoch=1, batch_size=2, seed=0, labeled_cases=LABELED,
-                                        labeled_share=0.5)
+                                        labeled_share=0.5, pseudo_augmentation="da5")
         trainer.initialize()
         train, val = trainer.get_dataloaders()
     try:
@@ -105,6 +106,38 @@ def test_augmentation_workers_draw_the_labeled_share(preprocessed):
         val._finish()
     assert sum(counts.values()) == 400
     assert _labeled_fraction(counts) == pytest.approx(0.5, abs=0.08)  # uniform would give 2/6
+
+
+@pytest.mark.slow
+def test_pseudo_labeled_cases_get_the_da5_transforms(preprocessed):
+    """``pseudo_augmentation="da5"``: every sample of a pseudo-labeled case goes through nnU-Net's DA5 pipeline,
+    every labeled one through the default pipeline, in real batches of the real training loader."""
+    from semisam.nnunet.nnUNetTrainerSemiSAM import PerCaseTransforms
+
+    train, val, log = _loaders(preprocessed, "da5", labeled_cases=LABELED, labeled_share=0.5,
+                               pseudo_augmentation="da5")
+    per_case = train.transforms
+    assert isinstance(per_case, PerCaseTransforms) and not isinstance(val.transforms, PerCaseTransforms)
+    # DA5's pipeline has transforms nnU-Net's default has not (median filter, sharpening, local gamma, ...)
+    assert "MedianFilterTransform" in repr(per_case.pseudo) and "MedianFilterTransform" not in repr(per_case.labeled)
+    assert "pseudo-labeled cases get nnU-Net's DA5 augmentation, the 2 labeled cases the default" in log
+
+    applied = []
+
+    def recording(kind, pipeline):
+        def run(**data):
+            applied.append(kind)
+            return pipeline(**data)
+        return run
+
+    per_case.labeled, per_case.pseudo = recording("labeled", per_case.labeled), recording("pseudo", per_case.pseudo)
+    keys = []
+    for _ in range(10):
+        batch = train.generate_train_batch()
+        assert batch["data"].shape[0] == 2
+        keys += [str(k) for k in batch["keys"]]
+    assert applied == ["labeled" if k in LABELED else "pseudo" for k in keys]
+    assert set(applied) == {"labeled", "pseudo"}
 
 
 # ---------------------------------------------------------------- fast tests (no nnU-Net data)
@@ -130,6 +163,8 @@ def test_labeled_sampling_probabilities():
     ({"labeled_cases": "case_000", "labeled_share": 0.5}, "labeled_cases must be a list of case identifiers"),
     ({"labeled_cases": [1, 2], "labeled_share": 0.5}, "labeled_cases must be a list of case identifiers"),
     ({"labeled_share": 0.5}, "labeled_share needs labeled_cases"),
+    ({"pseudo_augmentation": "da5"}, "pseudo_augmentation needs labeled_cases"),
+    ({"labeled_cases": ["a"], "pseudo_augmentation": "strong"}, "pseudo_augmentation must be one of default, da5"),
 ])
 def test_bad_sampling_overrides_are_one_line(values, match):
     with pytest.raises(SemisamError, match=match) as info:
