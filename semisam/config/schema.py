@@ -237,6 +237,9 @@ class LoopConfig:
     # draws each labeled case more often; each case is in the round's dataset once); 0 keeps nnU-Net's uniform
     # sampling over all cases.
     labeled_weight: float = bounded(0.5, 0.0, 0.95)
+    # Weight of a pseudo-labeled sample's loss against a labeled one's (rounds r > 0): each batch's loss is
+    # (sum of labeled samples' losses + w * sum of pseudo-labeled ones) / batch size. 1: nnU-Net's loss unchanged
+    pseudo_loss_weight: float = bounded(1.0, 0.0, 1.0)
     # > 0: after round r > 0 trains, fine-tune its student on the labeled cases only for this many epochs
     # (student.finetune_lr); the round's evaluation and predictions use the fine-tuned student. 0: off
     final_finetune_epochs: int = bounded(0, 0)

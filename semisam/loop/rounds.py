@@ -207,7 +207,7 @@ class Experiment:
         With ``student.init=finetune``, rounds r > 0 start from round r − 1's student (:meth:`round_model`)
         with their own schedule: ``student.finetune_lr``, ``student.finetune_epochs``. The labeled cases are
         drawn with the dataset step's ``labeled_share``; from round 1 on the pseudo-labeled cases get
-        ``student.pseudo_augmentation``."""
+        ``student.pseudo_augmentation`` and their loss counts ``loop.pseudo_loss_weight``."""
         s = self.cfg.student
         init, epochs, lr = None, s.epochs, s.initial_lr
         if r > 0 and s.init == "finetune":
@@ -236,6 +236,7 @@ class Experiment:
                                       initial_lr=lr, batch_size=s.batch_size, init_checkpoint=init,
                                       seed=self.cfg.seed, labeled_cases=[c.case_id for c in self.cases.train],
                                       labeled_share=share, pseudo_augmentation=s.pseudo_augmentation if r > 0 else None,
+                                      pseudo_loss_weight=self.cfg.loop.pseudo_loss_weight if r > 0 else None,
                                       **online)
         return {"model": str(model), "seed": self.cfg.seed}
 

@@ -163,6 +163,7 @@ ADDED_KEYS: dict[str, Any] = {
     "filters.gray_zone": 0.0,
     "filters.student_confident": 1.0,
     "loop.final_finetune_epochs": 0,
+    "loop.pseudo_loss_weight": 1.0,
     # embeddings were cached in float32 (the default is now float16); without a teacher it changes nothing
     "teacher.cache_dtype": lambda now: (now.get("teacher.cache_dtype") == "float32" or now.get("teacher.name") == "none"
                                         or not now.get("loop.max_rounds")),

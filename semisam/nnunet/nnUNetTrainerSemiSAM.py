@@ -110,6 +110,9 @@ class TrainerOverrides:
         pseudo_augmentation: the training transforms of the cases not in ``labeled_cases`` (the pseudo-labeled
             ones): ``"default"`` (nnU-Net's, as the labeled cases) or ``"da5"`` (nnU-Net's stronger
             ``nnUNetTrainerDA5`` pipeline). Needs ``labeled_cases``. See :class:`PerCaseTransforms`.
+        pseudo_loss_weight: in ``[0, 1]``: the training loss of a batch is (the labeled samples' losses + this
+            weight × the other samples' losses) / batch size, each part nnU-Net's loss on its samples. None or 1:
+            nnU-Net's loss on the whole batch. Needs ``labeled_cases``. See :class:`PseudoWeightedLoss`.
     """
 
     num_epochs: int | None = None
@@ -124,6 +127,7 @@ class TrainerOverrides:
     recipe: str | Sequence[str] | None = None
     teacher_cache_dir: str | None = None
     pseudo_augmentation: str | None = None
+    pseudo_loss_weight: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "batch_size"):
@@ -169,6 +173,11 @@ class TrainerOverrides:
                          f"got {aug!r}")
         if aug not in (None, "default") and cases is None:
             raise _error("trainer override pseudo_augmentation needs labeled_cases (the labeled case identifiers)")
+        w = self.pseudo_loss_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1):
+            raise _error(f"trainer override pseudo_loss_weight must be a number in [0, 1], got {w!r}")
+        if w is not None and w != 1 and cases is None:
+            raise _error("trainer override pseudo_loss_weight needs labeled_cases (the labeled case identifiers)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "trainer overrides") -> "TrainerOverrides":
@@ -247,6 +256,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self.semisam_recipe = None  # the composed RunConfig of the online recipe (None: no online terms)
         self.semisam_teacher_cache_dir: str | None = None
         self.semisam_pseudo_augmentation: str | None = None
+        self.semisam_pseudo_loss_weight: float | None = None
         self.semisam_online = None  # semisam.online.settings.OnlineSettings
         #: called with each epoch's record (a dict of scalars) as training goes: the live W&B curves
         self.semisam_epoch_callback: Callable[[dict], None] | None = None
@@ -276,7 +286,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             if value is not None:
                 setattr(self, name, value)
         for name in ("batch_size", "init_checkpoint", "seed", "labeled_cases", "labeled_share", "teacher_cache_dir",
-                     "pseudo_augmentation"):
+                     "pseudo_augmentation", "pseudo_loss_weight"):
             value = getattr(overrides, name)
             if value is not None:
                 setattr(self, f"semisam_{name}", value)
@@ -297,6 +307,10 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         if self.semisam_seed is not None:
             seed_everything(derive_seed(self.semisam_seed, SEED_STREAM_NETWORK))
         super().initialize()
+        w = self.semisam_pseudo_loss_weight
+        if w is not None and w != 1 and self.semisam_labeled_cases:
+            self.loss = PseudoWeightedLoss(self.loss, w)
+            self.print_to_log_file(f"semisam: a pseudo-labeled sample's loss counts {w:g} of a labeled one's")
         if self.semisam_init_checkpoint is not None:
             load_network_weights(self.network, self.semisam_init_checkpoint)
             self.print_to_log_file(f"initial weights from {self.semisam_init_checkpoint}")
@@ -479,6 +493,9 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         """nnU-Net's step; with online terms, the labeled and unlabeled batches go through the network together
         and the weighted terms are added to the supervised loss."""
         if not self.online:
+            if isinstance(self.loss, PseudoWeightedLoss):  # nnU-Net's step, its loss told which samples are labeled
+                with self.loss.labeled_samples([str(k) in self.semisam_labeled_cases for k in batch["keys"]]):
+                    return super().train_step(batch)
             return super().train_step(batch)
         from semisam.online.terms import confident_targets, first, mean_teacher_loss
         from semisam.online.unlabeled import UnlabeledBatch, decode_store
@@ -824,6 +841,42 @@ def weighted_training_loader(probabilities_for: Callable[[Sequence[str]], np.nda
         yield
     finally:
         _nnunet_trainer_module.nnUNetDataLoader = original
+
+
+class PseudoWeightedLoss(torch.nn.Module):
+    """nnU-Net's training loss (``loss``: its deep-supervision wrapper) with pseudo-labeled samples weighted:
+    (n_labeled · loss(labeled samples) + weight · n_pseudo · loss(pseudo-labeled samples)) / batch size, each
+    part nnU-Net's loss on its own samples (its Dice over those samples). Which samples are labeled is set per
+    batch with :meth:`labeled_samples`; outside that block (validation) it is ``loss`` on the whole batch."""
+
+    def __init__(self, loss: torch.nn.Module, weight: float):
+        super().__init__()
+        self.loss, self.weight = loss, float(weight)
+        self._labeled: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def labeled_samples(self, labeled: Sequence[bool]):
+        self._labeled = torch.as_tensor(list(labeled), dtype=torch.bool)
+        try:
+            yield self
+        finally:
+            self._labeled = None
+
+    def forward(self, output, target):
+        labeled = self._labeled
+        if labeled is None or bool(labeled.all()):
+            return self.loss(output, target)
+
+        def part(mask):
+            pick = (lambda x: [y[mask.to(y.device)] for y in x]) if isinstance(output, (list, tuple)) \
+                else (lambda x: x[mask.to(x.device)])
+            return self.loss(pick(output), pick(target))
+
+        n, n_labeled = len(labeled), int(labeled.sum())
+        total = self.weight * (n - n_labeled) * part(~labeled)
+        if n_labeled:
+            total = total + n_labeled * part(labeled)
+        return total / n
 
 
 class PerCaseTransforms:

@@ -181,7 +181,7 @@ class NnUNetStudent:
                       init_checkpoint: str | os.PathLike | None = None, seed: int | None = None,
                       labeled_cases: Sequence[str] | None = None, labeled_share: float | None = None,
                       recipe: str | Sequence[str] | None = None, teacher_cache_dir: str | None = None,
-                      pseudo_augmentation: str | None = None):
+                      pseudo_augmentation: str | None = None, pseudo_loss_weight: float | None = None):
         """Construct ``nnUNetTrainerSemiSAM`` with the recipe's values (call inside :meth:`env`)."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
 
@@ -193,7 +193,7 @@ class NnUNetStudent:
                                      init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
                                      seed=seed, labeled_cases=labeled_cases, labeled_share=labeled_share,
                                      recipe=recipe, teacher_cache_dir=teacher_cache_dir,
-                                     pseudo_augmentation=pseudo_augmentation)
+                                     pseudo_augmentation=pseudo_augmentation, pseudo_loss_weight=pseudo_loss_weight)
         pre = self.paths.preprocessed / self.dataset_name(dataset_id)
         plans_file = pre / f"{self.plans_identifier}.json"
         if not plans_file.is_file():
@@ -222,7 +222,7 @@ class NnUNetStudent:
               seed: int | None = None, labeled_cases: Sequence[str] | None = None,
               labeled_share: float | None = None, recipe: str | Sequence[str] | None = None,
               teacher_cache_dir: str | None = None, pseudo_augmentation: str | None = None,
-              epoch_callback=None) -> Path:
+              pseudo_loss_weight: float | None = None, epoch_callback=None) -> Path:
         """Train the student with nnU-Net's loop and the recipe's length.
 
         Args:
@@ -243,6 +243,8 @@ class NnUNetStudent:
                 the images of the dataset's ``imagesTr/`` without a label.
             pseudo_augmentation: ``"da5"``: the cases not in ``labeled_cases`` are augmented with nnU-Net's
                 stronger ``nnUNetTrainerDA5`` pipeline (see :class:`TrainerOverrides`).
+            pseudo_loss_weight: < 1: the loss of a case not in ``labeled_cases`` counts this much of a labeled
+                case's (see :class:`TrainerOverrides`).
             epoch_callback: called with each epoch's record as training goes (live monitoring).
 
         Returns:
@@ -256,7 +258,7 @@ class NnUNetStudent:
                         val_iterations_per_epoch=val_iterations_per_epoch, initial_lr=initial_lr, batch_size=batch_size,
                         init_checkpoint=init_checkpoint, seed=seed, labeled_cases=labeled_cases,
                         labeled_share=labeled_share, recipe=recipe, teacher_cache_dir=teacher_cache_dir,
-                        pseudo_augmentation=pseudo_augmentation)
+                        pseudo_augmentation=pseudo_augmentation, pseudo_loss_weight=pseudo_loss_weight)
         if self.num_gpus > 1:
             return self._train_ddp(dataset_id, configuration, fold, results_dir, validate, settings)
         return self._run_trainer(dataset_id, configuration, fold, results_dir, validate, settings, epoch_callback)

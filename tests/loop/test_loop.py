@@ -157,7 +157,7 @@ def test_fine_tuning_schedule_and_final_labeled_only_fine_tune(smoke_run, synthe
     """student.init=finetune trains rounds r > 0 with finetune_lr / finetune_epochs; loop.final_finetune_epochs
     then fine-tunes each round's student on round 0's labeled-only dataset, and the round evaluates, predicts
     and hands on that model; student.pseudo_augmentation=da5 gives the rounds' pseudo-labeled cases nnU-Net's DA5
-    transforms. Round 0 is the smoke run's (loop.init_from: these keys do not change it)."""
+    transforms and loop.pseudo_loss_weight weighs their loss. Round 0 is the smoke run's (loop.init_from: these keys do not change it)."""
     base_dir = smoke_run[0]
     base_pre = base_dir / "round_00" / "nnunet" / "nnUNet_preprocessed"
     base_files = sorted(str(p) for p in base_pre.rglob("*"))
@@ -165,7 +165,7 @@ def test_fine_tuning_schedule_and_final_labeled_only_fine_tune(smoke_run, synthe
     args = ["run", "experiment=smoke", f"dataset.raw_dir={synthetic}", f"run_dir={run_dir}",
             "loop.stop_when_no_new=false", f"loop.init_from={base_dir}", "student.init=finetune",
             "student.finetune_lr=0.002", "student.finetune_epochs=2", "loop.final_finetune_epochs=1",
-            "student.pseudo_augmentation=da5"]
+            "student.pseudo_augmentation=da5", "loop.pseudo_loss_weight=0.5"]
     run_cli(args, cwd=tmp_path)
     steps = manifest(run_dir)["steps"]
     assert "r0/finetune" not in steps and steps["r0/train"]["shared_from"] == str(base_dir)
@@ -178,12 +178,13 @@ def test_fine_tuning_schedule_and_final_labeled_only_fine_tune(smoke_run, synthe
         log = training_log(trained)
         assert "semisam: 2 epochs x 2 iterations" in log and first_lr(log) == 0.002
         assert "pseudo-labeled cases get nnU-Net's DA5 augmentation, the 2 labeled cases the default" in log
+        assert "a pseudo-labeled sample's loss counts 0.5 of a labeled one's" in log
         assert f"initial weights from {Path(previous) / 'fold_all' / 'checkpoint_final.pth'}" in log
         # the labeled-only fine-tune: round 0's dataset and plans, not preprocessed again, from this round's weights
         assert Path(tuned).is_relative_to(run_dir / f"round_{r:02d}" / "finetune")
         log = training_log(tuned)
         assert "semisam: 1 epochs x 2 iterations" in log and first_lr(log) == 0.002
-        assert "DA5" not in log  # labeled cases only
+        assert "DA5" not in log and "pseudo-labeled sample's loss" not in log  # labeled cases only
         assert f"initial weights from {Path(trained) / 'fold_all' / 'checkpoint_final.pth'}" in log
         assert json.loads((Path(tuned) / "dataset.json").read_text())["numTraining"] == 2  # the labeled cases
         assert not list((run_dir / f"round_{r:02d}" / "finetune").rglob("nnUNet_preprocessed"))

@@ -140,6 +140,58 @@ def test_pseudo_labeled_cases_get_the_da5_transforms(preprocessed):
     assert set(applied) == {"labeled", "pseudo"}
 
 
+@pytest.mark.slow
+def test_pseudo_loss_weight_scales_the_pseudo_labeled_samples(preprocessed):
+    """``pseudo_loss_weight``: in a real batch of the real loader, the loss is (labeled samples' nnU-Net loss +
+    w × pseudo-labeled samples') / batch size; with w = 0 a pseudo-label's content does not reach the loss;
+    outside a training step (validation) it is nnU-Net's loss; a training step runs with it."""
+    import torch
+
+    from semisam.nnunet.nnUNetTrainerSemiSAM import PseudoWeightedLoss
+
+    student = preprocessed["student"]
+
+    def trainer_with(weight):
+        with student.env(preprocessed["root"] / f"results_w{weight}"):
+            trainer = student.build_trainer(preprocessed["dataset_id"], "2d", "all", epochs=1, iterations_per_epoch=1,
+                                            val_iterations_per_epoch=1, batch_size=4, seed=0, labeled_cases=LABELED,
+                                            labeled_share=0.5, pseudo_loss_weight=weight)
+            trainer.initialize()
+            trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+        return trainer
+
+    trainer = trainer_with(0.25)
+    assert isinstance(trainer.loss, PseudoWeightedLoss)
+    assert "a pseudo-labeled sample's loss counts 0.25 of a labeled one's" in open(trainer.log_file).read()
+    loader = trainer.dataloader_train.data_loader
+    batch = next(b for b in iter(loader.generate_train_batch, None)
+                 if 0 < sum(str(k) in LABELED for k in b["keys"]) < len(b["keys"]))
+    labeled = torch.tensor([str(k) in LABELED for k in batch["keys"]])
+    with torch.no_grad():
+        output = trainer.network(batch["data"])
+        stock = trainer.loss.loss  # nnU-Net's deep-supervision loss
+        part = lambda m: float(stock([o[m] for o in output], [t[m] for t in batch["target"]]))  # noqa: E731
+        with trainer.loss.labeled_samples(labeled.tolist()):
+            weighted = float(trainer.loss(output, batch["target"]))
+        n, n_l = len(labeled), int(labeled.sum())
+        assert weighted == pytest.approx((n_l * part(labeled) + 0.25 * (n - n_l) * part(~labeled)) / n, rel=1e-5)
+        assert float(trainer.loss(output, batch["target"])) == pytest.approx(float(stock(output, batch["target"])))
+
+        # w = 0: whatever the pseudo-labels say, the loss is the same; a labeled sample's label does count
+        zero = PseudoWeightedLoss(stock, 0.0)
+        flipped = [t.clone() for t in batch["target"]]
+        for t in flipped:
+            t[~labeled] = 1 - t[~labeled].clamp(0, 1)
+        with zero.labeled_samples(labeled.tolist()):
+            assert float(zero(output, flipped)) == pytest.approx(float(zero(output, batch["target"])))
+            flipped_labeled = [t.clone() for t in batch["target"]]
+            for t in flipped_labeled:
+                t[labeled] = 1 - t[labeled].clamp(0, 1)
+            assert float(zero(output, flipped_labeled)) != pytest.approx(float(zero(output, batch["target"])))
+    out = trainer.train_step(batch)
+    assert np.isfinite(out["loss"]) and trainer.loss._labeled is None  # the step's block has ended
+
+
 # ---------------------------------------------------------------- fast tests (no nnU-Net data)
 
 def test_labeled_sampling_probabilities():
@@ -165,6 +217,8 @@ def test_labeled_sampling_probabilities():
     ({"labeled_share": 0.5}, "labeled_share needs labeled_cases"),
     ({"pseudo_augmentation": "da5"}, "pseudo_augmentation needs labeled_cases"),
     ({"labeled_cases": ["a"], "pseudo_augmentation": "strong"}, "pseudo_augmentation must be one of default, da5"),
+    ({"pseudo_loss_weight": 0.5}, "pseudo_loss_weight needs labeled_cases"),
+    ({"labeled_cases": ["a"], "pseudo_loss_weight": 1.5}, r"pseudo_loss_weight must be a number in \[0, 1\]"),
 ])
 def test_bad_sampling_overrides_are_one_line(values, match):
     with pytest.raises(SemisamError, match=match) as info:
