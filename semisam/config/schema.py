@@ -284,6 +284,10 @@ class OnlineConfig:
     # through the recipe's prompts and filters; ignore where the filters reject); 0: off
     sam_weight: WeightSchedule = field(default_factory=WeightSchedule)
     sam_refresh_every: int = bounded(1, 1)  # epochs between refreshes of SAM's pseudo-labels
+    # refresh: SAM pseudo-labels every unlabeled case every sam_refresh_every epochs (a store the loader crops);
+    # iteration: SAM labels each unlabeled 2D patch of every iteration, prompted from the EMA teacher's prediction
+    # of that very patch (the reference code's way; no cache: every patch is new). 2D configurations only
+    sam_mode: str = choice("refresh", "refresh", "iteration")
     ema_decay: float = bounded(0.99, 0.0, 0.99999)
     teacher_noise: float = bounded(0.1, 0.0)  # mean_teacher: std of the noise on the teacher's input
     confidence: float = prob(0.95)  # weak_strong: teacher confidence from which a pixel supervises

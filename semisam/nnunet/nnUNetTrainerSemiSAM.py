@@ -263,7 +263,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self.semisam_history: list[dict] = []
         self.ema = None
         self.dataloader_unlabeled = None
-        self._sam = None  # semisam.online.sam_term.SamRefresher
+        self._sam = None  # semisam.online.sam_term.SamRefresher (online.sam_mode=refresh)
+        self._sam_labeler = None  # the teacher pipeline itself (online.sam_mode=iteration)
         self._sam_store_epoch: int | None = None
         self._refresh_stats: dict = {}
         self._resumed_store_epoch: int | None = None
@@ -339,6 +340,9 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         o = self.semisam_online
         if self.label_manager.has_regions:
             raise _error("online training supports label datasets, not region-based ones (dataset.json 'regions_class_order')")
+        if o.sam_weight.on and o.sam_mode == "iteration" and len(self.configuration_manager.patch_size) != 2:
+            raise _error(f"online.sam_mode=iteration labels 2D patches; configuration {self.configuration_name!r} has "
+                         f"{len(self.configuration_manager.patch_size)}D patches: use online.sam_mode=refresh")
         self.unlabeled_loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
                                               "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
                                              ignore_label=self.no_label, dice_class=MemoryEfficientSoftDiceLoss)
@@ -399,9 +403,12 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         from semisam.pseudolabel.pipeline import build_pseudolabeler
 
         cfg = self.semisam_recipe
-        cache = (self.semisam_teacher_cache_dir or cfg.teacher.cache_dir
-                 or str(Path(self.preprocessed_dataset_folder_base) / "semisam_cache" / "embeddings"))
-        labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, cache_dir=cache)
+        if self.semisam_online.sam_mode == "iteration":  # every patch is new: nothing to cache
+            labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, cache_dir=None, memory_items=0)
+        else:
+            cache = (self.semisam_teacher_cache_dir or cfg.teacher.cache_dir
+                     or str(Path(self.preprocessed_dataset_folder_base) / "semisam_cache" / "embeddings"))
+            labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, cache_dir=cache)
         a = cfg.teacher.adapt
         if a.enabled and a.steps > 0:
             dataset_tr, _ = self.get_tr_and_val_datasets()
@@ -413,6 +420,9 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             info = labeler.adapt(pairs, self.label_manager.foreground_labels,
                                  Path(self.output_folder) / "teacher_adapted.pt")
             self.print_to_log_file(f"semisam: SAM adapted on {len(pairs)} labeled cases ({info})")
+        if self.semisam_online.sam_mode == "iteration":
+            self._sam_labeler = labeler
+            return
         self._sam = SamRefresher(labeler, self.unlabeled_folder, self.unlabeled_cases, self.plans_manager,
                                  self.configuration_manager, self.dataset_json, self.device,
                                  log=self.print_to_log_file)
@@ -504,13 +514,13 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         t = self._progress(self._iteration)
         self._iteration += 1
         lam_c = o.consistency_weight(t) if o.consistency != "none" else 0.0
-        lam_s = o.sam_weight(t) if self._sam_store_epoch is not None else 0.0
+        lam_s = o.sam_weight(t) if self._sam_store_epoch is not None or self._sam_labeler is not None else 0.0
         if lam_c == 0 and lam_s == 0:
             out = super().train_step(batch)
             if self.ema is not None:
                 self.ema.update(self.network)
             out.update(sup=out["loss"], consistency=np.nan, sam=np.nan, lambda_c=lam_c, lambda_s=lam_s,
-                       confident=np.nan, sam_pixels=np.nan)
+                       confident=np.nan, sam_pixels=np.nan, patches_accepted=np.nan, sam_seconds=np.nan)
             return out
 
         data = batch["data"].to(self.device, non_blocking=True)
@@ -520,7 +530,13 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         unl = UnlabeledBatch.from_loader(next(self.dataloader_unlabeled))
         xu = unl.data.to(self.device, non_blocking=True)
         pseudo = decode_store(unl.pseudo[0].to(self.device, non_blocking=True), self.no_label)
-        stats = {"confident": np.nan, "sam_pixels": np.nan}
+        stats = {"confident": np.nan, "sam_pixels": np.nan, "patches_accepted": np.nan, "sam_seconds": np.nan}
+        if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by the EMA teacher
+            from semisam.online.sam_term import sam_on_patches
+
+            pseudo, sam_stats = sam_on_patches(self._sam_labeler, xu, torch.softmax(self.ema(xu).float(), 1),
+                                               self.no_label)
+            stats.update(sam_stats)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
             x_student = xu
@@ -575,7 +591,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         if not self.online:
             return
         record = {"epoch": self.current_epoch}
-        for key in ("sup", "consistency", "sam", "lambda_c", "lambda_s", "confident", "sam_pixels"):
+        for key in ("sup", "consistency", "sam", "lambda_c", "lambda_s", "confident", "sam_pixels", "patches_accepted",
+                    "sam_seconds"):
             values = np.array([float(o[key]) for o in train_outputs], dtype=float)
             record[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
         record.update({f"refresh_{k}": v for k, v in self._refresh_stats.items()})
@@ -632,6 +649,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         Raises:
             SemisamError: the checkpoint is of another trainer, another network, or other online settings.
         """
+        from semisam.online.settings import OnlineSettings
+
         if not self.was_initialized:
             self.initialize()
         if not isinstance(filename_or_checkpoint, (str, os.PathLike)):
@@ -646,7 +665,10 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         extra = checkpoint.get("semisam") or {}
         saved_online = extra.get("online")
         now = None if self.semisam_online is None else self.semisam_online.to_dict()
-        saved_on = saved_online is not None and _online_enabled(saved_online)
+        # keys added since the checkpoint was written take their defaults (what it trained with)
+        saved = None if saved_online is None else OnlineSettings.from_mapping(saved_online)
+        saved_on = saved is not None and saved.enabled
+        saved_online = None if saved is None else saved.to_dict()
         if saved_on != self.online or (self.online and saved_online != now):
             raise _error(f"{filename} was trained with other online settings than this recipe's; continue with the "
                          "recipe it was trained with, or start over without --c")
@@ -705,12 +727,6 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         elif share:
             self.print_to_log_file(f"semisam: all {len(identifiers)} training cases are labeled; sampling uniformly")
         return probs
-
-
-def _online_enabled(online: Mapping[str, Any]) -> bool:
-    from semisam.online.settings import OnlineSettings
-
-    return OnlineSettings.from_mapping(online).enabled
 
 
 def load_recipe(recipe: str | Sequence[str], dataset_name: str):

@@ -1,9 +1,15 @@
-"""The SAM term's pseudo-labels: the EMA teacher predicts each unlabeled case (nnU-Net's sliding window on the
+"""The SAM term's pseudo-labels.
+
+``online.sam_mode=refresh`` (:class:`SamRefresher`): the EMA teacher predicts each unlabeled case (nnU-Net's sliding window on the
 preprocessed image), its probabilities prompt SAM through the recipe's teacher pipeline
 (:class:`semisam.pseudolabel.pipeline.PseudoLabeler`: prompts, SAM, fusion, filters, the embedding cache), and the
 pseudo-label — ignore where the filters reject, everywhere for a rejected case — replaces the case's store
 (:func:`semisam.online.unlabeled.write_store`). Only the unlabeled images and the teacher's predictions are
 involved: nothing here can read a label of an unlabeled case.
+
+``online.sam_mode=iteration`` (:func:`sam_on_patches`): SAM labels the augmented 2D patches of the current
+unlabeled batch, prompted from the EMA teacher's prediction of those same patches — the reference method's way,
+paid at every iteration.
 """
 from __future__ import annotations
 
@@ -106,3 +112,33 @@ class SamRefresher:
         return {"cases": len(self.cases), "accepted": accepted, "kept_fraction": kept / max(total, 1),
                 "foreground_fraction": fg / max(kept, 1), "changed_fraction": changed / max(total, 1),
                 "seconds": time.time() - t0}
+
+
+@torch.no_grad()
+def sam_on_patches(labeler, images: torch.Tensor, probs: torch.Tensor, no_label: int) -> tuple[torch.Tensor, dict]:
+    """SAM's pseudo-labels of a batch of 2D patches.
+
+    Args:
+        labeler: the recipe's teacher pipeline (its ``ignore_label`` is ``no_label``).
+        images: ``(B, C, Y, X)`` the patches as the network sees them (after nnU-Net's transforms).
+        probs: ``(B, K, Y, X)`` the teacher network's softmax on the same patches.
+        no_label: the target value of "no pseudo-label here".
+
+    Returns:
+        ``(B, 1, Y, X)`` long targets on ``images``' device (``no_label`` where the filters reject and over a
+        rejected patch), and ``{"patches_accepted", "sam_seconds"}``.
+    """
+    t0 = time.time()
+    out = torch.full((images.shape[0], 1, *images.shape[2:]), no_label, dtype=torch.long)
+    accepted = 0
+    imgs = images.detach().float().cpu().numpy()
+    p = probs.detach().float().cpu().numpy().astype(np.float64)
+    p /= p.sum(1, keepdims=True)
+    for b in range(images.shape[0]):
+        res = labeler(imgs[b][:, None], p[b][:, None], case_id=f"patch{b}")
+        if res.accepted:
+            accepted += 1
+            out[b, 0] = torch.from_numpy(res.pseudo[0].astype(np.int64))
+    labeler.stats.reset()  # one record per patch would pile up over a training; the term's stats are returned
+    return out.to(images.device), {"patches_accepted": accepted / max(1, images.shape[0]),
+                                   "sam_seconds": time.time() - t0}

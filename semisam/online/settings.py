@@ -59,6 +59,8 @@ class OnlineSettings:
             raise SemisamError(f"online.consistency={self.consistency!r}; choose one of {', '.join(CONSISTENCY_KINDS)}")
         if self.weak_teacher not in ("ema", "student"):
             raise SemisamError(f"online.weak_teacher={self.weak_teacher!r}; choose ema or student")
+        if self.sam_mode not in ("refresh", "iteration"):
+            raise SemisamError(f"online.sam_mode={self.sam_mode!r}; choose refresh or iteration")
         if self.sam_refresh_every < 1:
             raise SemisamError(f"online.sam_refresh_every={self.sam_refresh_every} must be >= 1")
         if not 0 <= self.ema_decay < 1:

@@ -294,8 +294,10 @@ class PseudoLabeler:
 
 
 # ---------------------------------------------------------------------------------------------- builders
-def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> PseudoLabeler:
-    """The recipe's teacher pipeline (SAM built once; embeddings cached in ``cache_dir``)."""
+def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None,
+                        memory_items: int | None = None) -> PseudoLabeler:
+    """The recipe's teacher pipeline (SAM built once; embeddings cached in ``cache_dir`` and, up to
+    ``memory_items`` of them (None: ``teacher.cache_memory_items``), in memory)."""
     from semisam.teacher.preprocess import IntensityRule
 
     t = cfg.teacher
@@ -313,7 +315,8 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None) -> Pse
 
         device = resolve_device(rank_device(cfg.device))  # under torchrun: this rank's own GPU
         model = build_teacher_model(t.name, t.checkpoint, device=device)
-        cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items, store_dtype=t.cache_dtype, max_disk_gb=t.cache_max_gb)
+        cache = EmbeddingCache(cache_dir, max_memory_items=t.cache_memory_items if memory_items is None else memory_items,
+                               store_dtype=t.cache_dtype, max_disk_gb=t.cache_max_gb)
         teacher = SamTeacher(model, cache, device=device, decode_batch=t.decode_batch, intensity=None)
     a = t.adapt
     adapt_settings = dict(steps=a.steps, lr=a.lr, batch_size=a.batch_size, train_prompt_encoder=a.train_prompt_encoder,

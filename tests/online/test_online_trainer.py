@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,42 @@ def _nnunet_cli(planned, *args, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def test_sam_term_per_iteration_labels_the_batch_patches(planned):
+    """``online.sam_mode=iteration``: SAM labels the very patches of each unlabeled batch, prompted from the EMA
+    teacher's prediction of them, in patch geometry; no store is written and nothing is cached."""
+    from semisam.online.sam_term import sam_on_patches
+    from semisam.online.unlabeled import read_store
+
+    student = planned["student"]
+    trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=[*SAM_RECIPE, "online.sam_mode=iteration"]))
+    with student.env():
+        trainer.on_train_start()
+        try:
+            assert trainer._sam is None and trainer._sam_labeler is not None
+            assert trainer._sam_labeler.teacher.cache.cache_dir is None and trainer._sam_labeler.teacher.cache.max_memory_items == 0
+            trainer.on_train_epoch_start()
+            out = trainer.train_step(next(trainer.dataloader_train))
+        finally:
+            trainer.on_train_end()
+    assert out["lambda_s"] > 0 and np.isfinite(out["sam"]) and out["sam_pixels"] > 0
+    assert out["patches_accepted"] > 0 and out["sam_seconds"] > 0
+    assert trainer._sam_store_epoch is None and not read_store(trainer.unlabeled_folder, trainer.unlabeled_cases[0]).any()
+
+    # the patch geometry: a teacher prediction "left half of patch 0, top half of patch 1" comes back there
+    # (filters=student: the kept label is the teacher network's own)
+    images = torch.randn(2, 1, 32, 48)
+    fg = torch.zeros(2, 32, 48)
+    fg[0, :, :24] = 0.9
+    fg[1, :16, :] = 0.9
+    probs = torch.stack([1 - fg, fg], 1).clamp(0.05, 0.95)
+    probs = probs / probs.sum(1, keepdim=True)
+    pseudo, stats = sam_on_patches(trainer._sam_labeler, images, probs, trainer.no_label)
+    assert pseudo.shape == (2, 1, 32, 48) and stats["patches_accepted"] == 1.0
+    assert (pseudo[0, 0, :, :24] == 1).all() and (pseudo[0, 0, :, 24:] == 0).all()
+    assert (pseudo[1, 0, :16] == 1).all() and (pseudo[1, 0, 16:] == 0).all()
+    assert len(trainer._sam_labeler.stats) == 0  # per-patch records are not kept
 
 
 def test_nnunetv2_train_continue_and_predict(planned):

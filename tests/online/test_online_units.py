@@ -65,6 +65,9 @@ def test_settings_from_the_recipe_and_what_they_switch_on():
     (["experiment=mean_teacher", "online.consistency_weight.weight=0"], "adds nothing"),
     (["online.consistency_weight.weight=1"], "needs a consistency kind"),
     (["experiment=weak_strong", "online.confidence=1.5"], "online.confidence=1.5 is out of range"),
+    (["experiment=semisam", "online.sam_mode=iteration", "student.configuration=3d_fullres"],
+     "online.sam_mode=iteration labels 2D patches; student.configuration=3d_fullres"),
+    (["experiment=semisam", "online.sam_mode=batch"], "online.sam_mode"),
 ])
 def test_bad_online_recipes_fail_at_composition(tmp_path, overrides, message):
     with pytest.raises(SemisamError, match=message) as e:
