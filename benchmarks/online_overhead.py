@@ -11,7 +11,9 @@ this process, one after another (never in parallel), from the same initial weigh
   image encoder on first sight of each case).
 
 Validation and checkpoints are not timed. Ratios are online / stock of ``step_s`` and of ``step_s +
-epoch_start_s``.
+epoch_start_s``. ``--init-checkpoint`` starts every trainer (and the EMA teachers) from a trained student of
+the same plans, so that the SAM term is prompted from realistic predictions: an untrained network's noise
+prompts SAM on every speck.
 
     OMP_NUM_THREADS=1 python benchmarks/online_overhead.py --raw data/Dataset501_Nuclei --work /tmp/ovh \\
         --epochs 4 --iterations 20
@@ -30,6 +32,9 @@ RECIPES = {
     "mean_teacher_half_unlabeled": ["experiment=mean_teacher", "online.unlabeled_batch_size=1"],
     # the SAM term from the first epoch, refreshed every epoch: the most refreshes a run can do
     "semisam": ["experiment=semisam", "online.sam_weight.start=0.0", "teacher.adapt.enabled=false"],
+    # the same SAM term on each unlabeled patch of every iteration (no refreshes, no embedding cache)
+    "semisam_iteration": ["experiment=semisam", "online.sam_mode=iteration", "online.sam_weight.start=0.0",
+                          "teacher.adapt.enabled=false"],
 }
 
 
@@ -64,6 +69,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["mean_teacher", "weak_strong", "semisam"], choices=list(RECIPES))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--init-checkpoint", type=Path, default=None,
+                    help="an nnU-Net checkpoint of the same plans: every trainer's initial weights")
     args = ap.parse_args()
 
     import torch
@@ -95,6 +102,10 @@ def main() -> None:
                 trainer.apply_overrides(TrainerOverrides(recipe=[*RECIPES[name], "logger=disabled"], teacher_cache_dir=str(
                     args.work / "cache" / "embeddings")))
             trainer.initialize()
+            if weights is None and args.init_checkpoint is not None:
+                from semisam.nnunet.nnUNetTrainerSemiSAM import load_network_weights
+
+                load_network_weights(trainer.network, args.init_checkpoint)
             if weights is None:
                 weights = {k: v.clone() for k, v in trainer.network.state_dict().items()}
             trainer.network.load_state_dict(weights)
