@@ -315,11 +315,30 @@ class RunState(ManifestView):
 ROUND0_STEPS = ("r0/dataset", "r0/preprocess", "r0/train", "r0/evaluate")
 
 
+def _same_round0_today(base_dir: Path, base: dict[str, Any], fingerprint: str) -> bool:
+    """Whether a base run's recorded recipe (``config.yaml``) has round-0 ``fingerprint`` by today's formula and
+    its manifest recorded the dataset as it is now (so its round 0 was trained on it)."""
+    import yaml
+
+    config_file = base_dir / "config.yaml"
+    identity = base.get("identity")
+    if not config_file.is_file() or not isinstance(identity, dict):
+        return False
+    try:
+        config = yaml.safe_load(config_file.read_text())
+        return (round0_fingerprint(config) == fingerprint
+                and identity.get("dataset") == _dataset_id(config["dataset"]["raw_dir"]))
+    except (yaml.YAMLError, KeyError, TypeError, OSError):
+        return False
+
+
 def round0_steps(base_dir: Path, cfg: Any) -> dict[str, dict]:
     """The finished round-0 steps of the run in ``base_dir`` (``loop.init_from``), checked against ``cfg``.
 
-    The base run must have trained the same round 0 (dataset, student settings, seed: its manifest's
-    round-0 fingerprint is compared). Its files are used in place, never copied or changed.
+    The base run must have trained the same round 0 (dataset, student settings, seed): its manifest's round-0
+    fingerprint equals this run's, or — for a base stamped by an earlier semisam, whose fingerprint was computed
+    another way — its ``config.yaml`` gives this run's fingerprint today and the dataset its manifest recorded is
+    the dataset as it is now. Its files are used in place, never copied or changed.
 
     Raises:
         SemisamError: ``base_dir`` is the run's own folder, holds no run, trained another round 0, or has not
@@ -333,7 +352,8 @@ def round0_steps(base_dir: Path, cfg: Any) -> dict[str, dict]:
     base = read_manifest(base_dir)
     if base is None:
         raise SemisamError(f"{where} holds no semisam run (no manifest.json); run the supervised recipe there first")
-    if base.get("round0_fingerprint") != round0_fingerprint(to_dict(cfg)):
+    mine = round0_fingerprint(to_dict(cfg))
+    if base.get("round0_fingerprint") != mine and not _same_round0_today(base_dir, base, mine):
         raise SemisamError(f"{where} trained its round 0 with another dataset, student or seed than this run; "
                            "use a run of the same recipe values, or drop loop.init_from")
     steps = base.get("steps", {})

@@ -73,6 +73,30 @@ def test_bad_base_run_is_refused_before_any_work(dataset, tmp_path, case, words)
     assert not run_dir.exists()  # refused before the run folder is made
 
 
+def test_a_base_stamped_by_an_earlier_formula_is_judged_by_its_recipe(dataset, tmp_path):
+    """A base run whose stored round-0 fingerprint was computed by an earlier semisam: accepted when its
+    config.yaml gives this run's fingerprint today and its manifest recorded the dataset as it is now."""
+    from semisam.config import to_yaml
+    from semisam.loop.state import _dataset_id, round0_steps
+
+    cfg = cfg_for(dataset, tmp_path / "run")
+    base = fake_base(tmp_path / "base", "an older formula")
+    (base / "config.yaml").write_text(to_yaml(cfg_for(dataset, base, "filters=agree")))
+    manifest = json.loads((base / MANIFEST).read_text())
+    manifest["identity"] = {"dataset": _dataset_id(str(dataset))}
+    (base / MANIFEST).write_text(json.dumps(manifest))
+    assert list(round0_steps(base, cfg)) == list(ROUND0)
+    # another seed in its recipe, or a dataset changed since it recorded it: refused
+    (base / "config.yaml").write_text(to_yaml(cfg_for(dataset, base, "seed=3")))
+    with pytest.raises(SemisamError, match="another dataset, student or seed"):
+        round0_steps(base, cfg)
+    (base / "config.yaml").write_text(to_yaml(cfg_for(dataset, base)))
+    manifest["identity"] = {"dataset": "0" * 16}
+    (base / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SemisamError, match="another dataset, student or seed"):
+        round0_steps(base, cfg)
+
+
 def test_own_folder_is_refused(dataset, tmp_path):
     with pytest.raises(SemisamError, match="this run's own folder"):
         run_experiment(cfg_for(dataset, tmp_path / "run", f"loop.init_from={tmp_path / 'run'}"))
