@@ -243,6 +243,10 @@ class LoopConfig:
     # > 0: after round r > 0 trains, fine-tune its student on the labeled cases only for this many epochs
     # (student.finetune_lr); the round's evaluation and predictions use the fine-tuned student. 0: off
     final_finetune_epochs: int = bounded(0, 0)
+    # Candidate pseudo-label rules (words of `semisam probe --rules`: an experiment name and overrides, of which
+    # prompts and filters are used); non-empty: before round 1, leave-one-out students on the labeled cases choose
+    # the rule whose pseudo-labels score best against the held-out labels (semisam.loop.calibrate)
+    calibrate: List[str] = field(default_factory=list)
     stop_when_no_new: bool = True  # stop when a round accepts no new case
     select_by_val: bool = False  # keep the round whose student is best on the validation cases
     gallery_cases: int = bounded(4, 0)  # cases shown in the per-round image gallery

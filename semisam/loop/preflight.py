@@ -6,7 +6,8 @@ round 0's training. In order:
 
 1. the dataset opens and its labeled, unlabeled and test cases are listed (every listed file exists), and the
    validation split is possible;
-2. ``loop.init_from`` names a finished round 0 of this recipe and dataset;
+2. ``loop.init_from`` names a finished round 0 of this recipe and dataset; ``loop.calibrate``'s rules compose
+   with the run's teacher and there are at least 2 labeled training cases to leave out;
 3. the run folder can be created (or is a folder we may write in), and a run already in it is this recipe on
    this dataset (unless ``restart=true``);
 4. the teacher's weights, when rounds need a teacher (``loop.max_rounds > 0`` and ``teacher.name != none``):
@@ -82,6 +83,9 @@ def preflight(cfg: RunConfig) -> Built:
     cases = split_cases(dataset, cfg.dataset.num_val, cfg.seed)
     if cfg.loop.init_from:
         round0_steps(Path(cfg.loop.init_from), cfg)
+    from semisam.loop.calibrate import check_calibration
+
+    check_calibration(cfg, len(cases.train))
     run_dir = Path(cfg.run_dir)
     check_writable(run_dir)
     identity = run_identity(to_dict(cfg))

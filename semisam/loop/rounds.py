@@ -118,6 +118,11 @@ class Experiment:
             stop_reason = f"reached loop.max_rounds={max_rounds}"
             for r in range(max_rounds + 1):
                 if r > 0:
+                    if r == 1 and cfg.loop.calibrate:
+                        from semisam.loop.calibrate import apply_choice, calibrate
+
+                        apply_choice(self.labeler, state.run("r1/calibrate", lambda: calibrate(self)),
+                                     cfg.dataset.raw_dir)
                     teach = state.run(f"r{r}/teacher", lambda: self.teacher_round(r, accepted), collective=True)
                     new = [c for c in teach["accepted"] if c not in accepted]
                     accepted.update({c: teach["files"][c] for c in teach["accepted"]})
@@ -348,6 +353,7 @@ class Experiment:
             "skipped": {c: s.get("skip_reason") for c, s in per_case.items() if s.get("skip_reason")},
             "pseudo_quality": quality.result(), "gallery": gallery_png, "adapt": adapt_stats,
             "cache": cache, "teacher_s": round(time.time() - t0, 2),
+            **({"rule": self.state.result("r1/calibrate")["chosen"]} if self.state.done("r1/calibrate") else {}),
         }
 
     def teach_cases(self, r: int, cases: list, probs_dir: Path, out: Path) -> tuple[list, list, PseudoQuality, dict]:

@@ -164,6 +164,7 @@ ADDED_KEYS: dict[str, Any] = {
     "filters.student_confident": 1.0,
     "loop.final_finetune_epochs": 0,
     "loop.pseudo_loss_weight": 1.0,
+    "loop.calibrate": [],
     # embeddings were cached in float32 (the default is now float16); without a teacher it changes nothing
     "teacher.cache_dtype": lambda now: (now.get("teacher.cache_dtype") == "float32" or now.get("teacher.name") == "none"
                                         or not now.get("loop.max_rounds")),

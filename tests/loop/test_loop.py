@@ -201,6 +201,50 @@ def test_fine_tuning_schedule_and_final_labeled_only_fine_tune(smoke_run, synthe
 
 
 @pytest.mark.slow
+def test_calibration_chooses_the_rule_on_the_labeled_cases_only(synthetic, tmp_path):
+    """loop.calibrate: one leave-one-out student per labeled case predicts the case it did not see; every rule
+    labels it and is scored against its label; the best (first on ties) is what round 1's teacher uses. The same
+    calibration without the hidden labels on disk gives the same numbers. Bad input is refused in one line."""
+    rules = ["smoke filters=sam filters.case_min_accept=0.0", "smoke"]
+    data = tmp_path / "Dataset900_Synthetic"
+    shutil.copytree(synthetic, data)
+    run_dir = tmp_path / "run"
+    args = ["run", "experiment=smoke", f"dataset.raw_dir={data}", f"run_dir={run_dir}", "loop.max_rounds=1",
+            f"loop.calibrate=[{','.join(repr(r) for r in rules)}]"]
+    results = []
+    for hidden in (True, False):
+        if not hidden:  # the hidden labels gone, round 1 forgotten: the calibration again, same round 0
+            shutil.rmtree(data / "labelsHidden")
+            m = manifest(run_dir)
+            m["steps"] = {k: v for k, v in m["steps"].items() if not k.startswith("r1/")}
+            (run_dir / "manifest.json").write_text(json.dumps(m))
+        proc = run_cli(args, cwd=tmp_path)
+        steps = manifest(run_dir)["steps"]
+        cal = steps["r1/calibrate"]["result"]
+        results.append({k: cal[k] for k in ("chosen", "rules", "student")})
+    assert results[0] == results[1]  # nothing read from labelsHidden
+    labeled = json.loads((synthetic / "semisam_split.json").read_text())["labeled"]
+    assert [f["held_out"] for f in cal["folds"]] == labeled
+    for k, fold in enumerate(cal["folds"]):  # each student trained on the other labeled case only
+        trained_on = [p.name for p in (run_dir / "calibrate" / f"fold_{k}" / "dataset").glob("*/labelsTr/*")]
+        assert [Path(n).stem for n in trained_on] == [c for c in labeled if c != fold["held_out"]]
+        assert json.loads((Path(fold["model"]) / "dataset.json").read_text())["numTraining"] == 1
+    scores = [cal["rules"][r]["dice_all"] for r in rules]
+    assert cal["chosen"] == rules[scores.index(max(scores))]
+    assert steps["r1/teacher"]["result"]["rule"] == cal["chosen"]
+    assert "calibration on the labeled cases" in proc.stderr and f"→ {cal['chosen']}" in proc.stderr
+
+    one = make_synthetic(tmp_path / "one" / "Dataset901_One", n_train=6, n_labeled=1, n_test=1, seed=3)
+    for data, rule, words in ((one, "smoke", "needs at least 2 labeled training cases; this run has 1"),
+                              (synthetic, "nosuch", "loop.calibrate rule 'nosuch'"),
+                              (synthetic, "samdsk", "composes teacher litemedsam")):
+        proc = run_cli(["run", "experiment=smoke", f"dataset.raw_dir={data}", f"run_dir={tmp_path / 'bad'}",
+                        f"loop.calibrate=[{rule}]"], cwd=tmp_path, check=False)
+        assert proc.returncode != 0 and words in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
 def test_pseudo_labels_do_not_depend_on_hidden_labels(synthetic, tmp_path):
     """Honesty: poison labelsHidden with random labels, redo the teacher step: byte-identical pseudo-labels."""
     data = tmp_path / "Dataset900_Synthetic"
