@@ -302,6 +302,10 @@ class OnlineConfig:
     strong_blur: float = prob(0.5)  # probability of a Gaussian blur (sigma 0.5-1.5 px)
     strong_noise: float = bounded(0.1, 0.0)  # std of additive Gaussian noise (upper bound, drawn per sample)
     cutmix: float = prob(0.5)  # probability that a sample gets a box of another sample (and its targets)
+    # weak_strong: > 0 adds UniMatch's feature-perturbation branch: the weak view through the encoder, its
+    # features dropped channel-wise with this probability, then the decoder, supervised by the same confident
+    # pixels (the consistency term is then the mean of the strong-view and the feature-perturbed losses); 0: off
+    feature_perturbation: float = prob(0.0)
     unlabeled_batch_size: Optional[int] = bounded(None, 1)  # None: the labeled batch size
 
 

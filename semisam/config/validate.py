@@ -143,6 +143,9 @@ def _validate_online(cfg: RunConfig) -> None:
     if o.sam_weight.weight > 0 and not cfg.teacher.enabled:
         raise SemisamError("online.sam_weight.weight > 0 needs a SAM teacher; pick one (teacher=litemedsam) or set "
                            "online.sam_weight.weight=0")
+    if o.feature_perturbation > 0 and o.consistency != "weak_strong":
+        raise SemisamError(f"online.feature_perturbation={o.feature_perturbation} is a branch of weak_strong "
+                           f"consistency; set online.consistency=weak_strong or online.feature_perturbation=0")
     if o.sam_mode == "iteration" and o.sam_weight.weight > 0 and cfg.student.configuration != "2d":
         raise SemisamError(f"online.sam_mode=iteration labels 2D patches; student.configuration="
                            f"{cfg.student.configuration} trains on other patches: use online.sam_mode=refresh")

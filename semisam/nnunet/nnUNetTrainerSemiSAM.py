@@ -520,7 +520,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             if self.ema is not None:
                 self.ema.update(self.network)
             out.update(sup=out["loss"], consistency=np.nan, sam=np.nan, lambda_c=lam_c, lambda_s=lam_s,
-                       confident=np.nan, sam_pixels=np.nan, patches_accepted=np.nan, sam_seconds=np.nan)
+                       confident=np.nan, sam_pixels=np.nan, patches_accepted=np.nan, sam_seconds=np.nan, fp=np.nan)
             return out
 
         data = batch["data"].to(self.device, non_blocking=True)
@@ -530,7 +530,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         unl = UnlabeledBatch.from_loader(next(self.dataloader_unlabeled))
         xu = unl.data.to(self.device, non_blocking=True)
         pseudo = decode_store(unl.pseudo[0].to(self.device, non_blocking=True), self.no_label)
-        stats = {"confident": np.nan, "sam_pixels": np.nan, "patches_accepted": np.nan, "sam_seconds": np.nan}
+        stats = {"confident": np.nan, "sam_pixels": np.nan, "patches_accepted": np.nan, "sam_seconds": np.nan,
+                 "fp": np.nan}
         if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by the EMA teacher
             from semisam.online.sam_term import sam_on_patches
 
@@ -540,7 +541,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
             x_student = xu
-            teacher_logits = ws_target = None
+            teacher_logits = ws_target = fp_target = None
             if lam_c > 0 and o.consistency == "mean_teacher":
                 noise = torch.clamp(torch.randn_like(xu) * o.teacher_noise, -2 * o.teacher_noise, 2 * o.teacher_noise)
                 teacher_logits = self.ema(xu + noise)
@@ -552,6 +553,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                         weak_logits = first(self.network(xu)).detach()
                 ws_target, coverage = confident_targets(weak_logits, o.confidence, self.no_label)
                 stats["confident"] = float(coverage)
+                fp_target = ws_target  # the weak view's geometry, before CutMix
                 x_student, ws_target, pseudo = self.strong_view(xu, ws_target, pseudo)
             output = self.network(torch.cat([data, x_student]))
             n = data.shape[0]
@@ -564,6 +566,12 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 l_c = mean_teacher_loss(out_unlabeled, teacher_logits)
             elif ws_target is not None and bool((ws_target != self.no_label).any()):
                 l_c = self.unlabeled_loss(out_unlabeled, ws_target)
+            if fp_target is not None and o.feature_perturbation > 0 and bool((fp_target != self.no_label).any()):
+                from semisam.online.terms import feature_perturbed_logits
+
+                l_fp = self.unlabeled_loss(feature_perturbed_logits(self.network, xu, o.feature_perturbation), fp_target)
+                stats["fp"] = float(l_fp.detach())
+                l_c = 0.5 * (l_c + l_fp)
             total = total + lam_c * l_c
             if lam_s > 0:
                 has = pseudo != self.no_label
@@ -592,7 +600,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             return
         record = {"epoch": self.current_epoch}
         for key in ("sup", "consistency", "sam", "lambda_c", "lambda_s", "confident", "sam_pixels", "patches_accepted",
-                    "sam_seconds"):
+                    "sam_seconds", "fp"):
             values = np.array([float(o[key]) for o in train_outputs], dtype=float)
             record[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
         record.update({f"refresh_{k}": v for k, v in self._refresh_stats.items()})

@@ -154,3 +154,24 @@ class StrongView:
         partner, mask = self.cutmix_boxes(x)
         mix = lambda t: torch.where(mask, t[partner], t)  # noqa: E731
         return (mix(strong), *(mix(t) for t in targets))
+
+
+def feature_perturbed_logits(network: torch.nn.Module, x: torch.Tensor, p: float) -> torch.Tensor:
+    """UniMatch's feature-perturbation branch: ``x`` through nnU-Net's encoder, every skip feature map dropped
+    channel-wise with probability ``p`` (``dropout2d``/``dropout3d``, rescaled by 1 / (1 - p)), then the decoder;
+    the full-resolution logits. Gradients flow into encoder and decoder.
+
+    Raises:
+        SemisamError: a network without nnU-Net's ``encoder`` / ``decoder`` parts.
+    """
+    import torch.nn.functional as F
+
+    from semisam.utils.errors import SemisamError
+
+    net = unwrap(network)
+    if not (hasattr(net, "encoder") and hasattr(net, "decoder")):
+        raise SemisamError(f"online.feature_perturbation needs a network with encoder and decoder parts (nnU-Net's "
+                           f"U-Nets); {type(net).__name__} has none: set online.feature_perturbation=0")
+    drop = F.dropout2d if x.ndim == 4 else F.dropout3d
+    skips = [drop(s, p, training=True) for s in net.encoder(x)]
+    return first(net.decoder(skips))

@@ -140,6 +140,33 @@ def _nnunet_cli(planned, *args, check=True):
     return proc
 
 
+def test_feature_perturbation_branch(planned):
+    """weak_strong with online.feature_perturbation: the branch drops encoder features (p = 0 gives the plain
+    forward, p > 0 another output), its gradient reaches the encoder, and a training step includes its loss."""
+    from semisam.online.terms import feature_perturbed_logits, first
+
+    student = planned["student"]
+    trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=[
+        "experiment=weak_strong", "online.feature_perturbation=0.5", "online.confidence=0.0"]))
+    with student.env():
+        trainer.on_train_start()
+        try:
+            batch = next(trainer.dataloader_train)
+            out = trainer.train_step(batch)
+            x = batch["data"]
+            net = trainer.network
+            torch.manual_seed(0)
+            assert torch.allclose(feature_perturbed_logits(net, x, 0.0), first(net(x)), atol=1e-5)
+            perturbed = feature_perturbed_logits(net, x, 0.5)
+            assert not torch.allclose(perturbed, first(net(x)), atol=1e-3)
+            net.zero_grad()
+            perturbed.square().mean().backward()
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoder.parameters())
+        finally:
+            trainer.on_train_end()
+    assert np.isfinite(out["fp"]) and out["fp"] != 0 and np.isfinite(out["consistency"])  # CE - soft Dice: any sign
+
+
 def test_sam_term_per_iteration_labels_the_batch_patches(planned):
     """``online.sam_mode=iteration``: SAM labels the very patches of each unlabeled batch, prompted from the EMA
     teacher's prediction of them, in patch geometry; no store is written and nothing is cached."""

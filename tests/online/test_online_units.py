@@ -68,6 +68,7 @@ def test_settings_from_the_recipe_and_what_they_switch_on():
     (["experiment=semisam", "online.sam_mode=iteration", "student.configuration=3d_fullres"],
      "online.sam_mode=iteration labels 2D patches; student.configuration=3d_fullres"),
     (["experiment=semisam", "online.sam_mode=batch"], "online.sam_mode"),
+    (["experiment=mean_teacher", "online.feature_perturbation=0.5"], "is a branch of weak_strong consistency"),
 ])
 def test_bad_online_recipes_fail_at_composition(tmp_path, overrides, message):
     with pytest.raises(SemisamError, match=message) as e:
