@@ -292,6 +292,9 @@ class OnlineConfig:
     # iteration: SAM labels each unlabeled 2D patch of every iteration, prompted from the EMA teacher's prediction
     # of that very patch (the reference code's way; no cache: every patch is new). 2D configurations only
     sam_mode: str = choice("refresh", "refresh", "iteration")
+    # weight each SAM pseudo-label pixel in the SAM term's CE + Dice by SAM's confidence there, 2|p - 0.5| of its
+    # mask probability (stored in 5 levels: 0, 0.25, ..., 1); false: every kept pixel counts fully
+    sam_confidence: bool = False
     ema_decay: float = bounded(0.99, 0.0, 0.99999)
     teacher_noise: float = bounded(0.1, 0.0)  # mean_teacher: std of the noise on the teacher's input
     confidence: float = prob(0.95)  # weak_strong: teacher confidence from which a pixel supervises

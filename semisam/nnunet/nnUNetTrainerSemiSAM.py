@@ -425,7 +425,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             return
         self._sam = SamRefresher(labeler, self.unlabeled_folder, self.unlabeled_cases, self.plans_manager,
                                  self.configuration_manager, self.dataset_json, self.device,
-                                 log=self.print_to_log_file)
+                                 log=self.print_to_log_file, confidence=self.semisam_online.sam_confidence)
 
     def _progress(self, iteration: int = 0) -> float:
         """The fraction of training done at ``iteration`` of the current epoch."""
@@ -508,7 +508,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                     return super().train_step(batch)
             return super().train_step(batch)
         from semisam.online.terms import confident_targets, first, mean_teacher_loss
-        from semisam.online.unlabeled import UnlabeledBatch, decode_store
+        from semisam.online.unlabeled import UnlabeledBatch, decode_store, store_weights
 
         o = self.semisam_online
         t = self._progress(self._iteration)
@@ -529,14 +529,14 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         unl = UnlabeledBatch.from_loader(next(self.dataloader_unlabeled))
         xu = unl.data.to(self.device, non_blocking=True)
-        pseudo = decode_store(unl.pseudo[0].to(self.device, non_blocking=True), self.no_label)
+        codes = unl.pseudo[0].to(self.device, non_blocking=True)  # the store's values (decoded after CutMix)
         stats = {"confident": np.nan, "sam_pixels": np.nan, "patches_accepted": np.nan, "sam_seconds": np.nan,
                  "fp": np.nan}
         if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by the EMA teacher
             from semisam.online.sam_term import sam_on_patches
 
-            pseudo, sam_stats = sam_on_patches(self._sam_labeler, xu, torch.softmax(self.ema(xu).float(), 1),
-                                               self.no_label)
+            codes, sam_stats = sam_on_patches(self._sam_labeler, xu, torch.softmax(self.ema(xu).float(), 1),
+                                              o.sam_confidence)
             stats.update(sam_stats)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
@@ -554,7 +554,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 ws_target, coverage = confident_targets(weak_logits, o.confidence, self.no_label)
                 stats["confident"] = float(coverage)
                 fp_target = ws_target  # the weak view's geometry, before CutMix
-                x_student, ws_target, pseudo = self.strong_view(xu, ws_target, pseudo)
+                x_student, ws_target, codes = self.strong_view(xu, ws_target, codes)
             output = self.network(torch.cat([data, x_student]))
             n = data.shape[0]
             out_labeled = [y[:n] for y in output] if isinstance(output, (list, tuple)) else output[:n]
@@ -574,10 +574,16 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 l_c = 0.5 * (l_c + l_fp)
             total = total + lam_c * l_c
             if lam_s > 0:
+                pseudo = decode_store(codes, self.no_label)
                 has = pseudo != self.no_label
                 stats["sam_pixels"] = float(has.float().mean())
                 if bool(has.any()):
-                    l_s = self.unlabeled_loss(out_unlabeled, pseudo)
+                    if o.sam_confidence:  # each pixel weighted by SAM's confidence there
+                        from semisam.online.terms import weighted_dc_ce
+
+                        l_s = weighted_dc_ce(self.unlabeled_loss, out_unlabeled, pseudo, store_weights(codes))
+                    else:
+                        l_s = self.unlabeled_loss(out_unlabeled, pseudo)
                     total = total + lam_s * l_s
         if self.grad_scaler is not None:
             self.grad_scaler.scale(total).backward()

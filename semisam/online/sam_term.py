@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from semisam.online.unlabeled import encode_store, read_image, read_store, write_store
+from semisam.online.unlabeled import decode_store, encode_store, read_image, read_store, write_store
 
 
 @contextlib.contextmanager
@@ -47,10 +47,12 @@ class SamRefresher:
         plans_manager, configuration_manager, dataset_json: the trainer's (nnU-Net's predictor needs them).
         device: where the network predicts.
         log: a one-argument print function (the trainer's log file).
+        confidence: store SAM's per-pixel confidence with each pseudo-label (``online.sam_confidence``).
     """
 
     def __init__(self, labeler, folder: Path, cases: Sequence[str], plans_manager, configuration_manager,
-                 dataset_json: dict, device: torch.device, log: Callable[[str], None] = print):
+                 dataset_json: dict, device: torch.device, log: Callable[[str], None] = print,
+                 confidence: bool = False):
         self.labeler = labeler
         self.folder = Path(folder)
         self.cases = list(cases)
@@ -59,6 +61,7 @@ class SamRefresher:
         self.dataset_json = dataset_json
         self.device = device
         self.log = log
+        self.confidence = confidence
 
     def _predictor(self, network: torch.nn.Module):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -97,12 +100,13 @@ class SamRefresher:
                     image = read_image(self.folder, case)
                     probs = self.probabilities(predictor, image)
                     out = self.labeler(image, probs, case_id=case)
-                    stored = encode_store(out.pseudo, self.labeler.ignore_label).reshape(image.shape[1:])
+                    stored = encode_store(out.pseudo, self.labeler.ignore_label,
+                                          out.confidence if self.confidence else None).reshape(image.shape[1:])
                     if not out.accepted:
                         stored = np.zeros_like(stored)
                     accepted += bool(out.accepted)
                     kept += int((stored > 0).sum())
-                    fg += int((stored > 1).sum())
+                    fg += int((decode_store(torch.from_numpy(stored), 0).numpy() > 0).sum())
                     changed += int((read_store(self.folder, case).reshape(stored.shape) != stored).sum())
                     total += stored.size
                     pseudo[case] = stored[None]
@@ -115,21 +119,23 @@ class SamRefresher:
 
 
 @torch.no_grad()
-def sam_on_patches(labeler, images: torch.Tensor, probs: torch.Tensor, no_label: int) -> tuple[torch.Tensor, dict]:
-    """SAM's pseudo-labels of a batch of 2D patches.
+def sam_on_patches(labeler, images: torch.Tensor, probs: torch.Tensor,
+                   confidence: bool = False) -> tuple[torch.Tensor, dict]:
+    """SAM's pseudo-labels of a batch of 2D patches, encoded as the store encodes them.
 
     Args:
-        labeler: the recipe's teacher pipeline (its ``ignore_label`` is ``no_label``).
+        labeler: the recipe's teacher pipeline.
         images: ``(B, C, Y, X)`` the patches as the network sees them (after nnU-Net's transforms).
         probs: ``(B, K, Y, X)`` the teacher network's softmax on the same patches.
-        no_label: the target value of "no pseudo-label here".
+        confidence: pack SAM's per-pixel confidence in (``online.sam_confidence``).
 
     Returns:
-        ``(B, 1, Y, X)`` long targets on ``images``' device (``no_label`` where the filters reject and over a
-        rejected patch), and ``{"patches_accepted", "sam_seconds"}``.
+        ``(B, 1, Y, X)`` stored values on ``images``' device (:func:`~semisam.online.unlabeled.encode_store`:
+        0 where the filters reject and over a rejected patch; decode with ``decode_store`` / ``store_weights``),
+        and ``{"patches_accepted", "sam_seconds"}``.
     """
     t0 = time.time()
-    out = torch.full((images.shape[0], 1, *images.shape[2:]), no_label, dtype=torch.long)
+    out = torch.zeros((images.shape[0], 1, *images.shape[2:]), dtype=torch.int16)
     accepted = 0
     imgs = images.detach().float().cpu().numpy()
     p = probs.detach().float().cpu().numpy().astype(np.float64)
@@ -138,7 +144,8 @@ def sam_on_patches(labeler, images: torch.Tensor, probs: torch.Tensor, no_label:
         res = labeler(imgs[b][:, None], p[b][:, None], case_id=f"patch{b}")
         if res.accepted:
             accepted += 1
-            out[b, 0] = torch.from_numpy(res.pseudo[0].astype(np.int64))
+            out[b, 0] = torch.from_numpy(encode_store(res.pseudo[0], labeler.ignore_label,
+                                                      res.confidence[0] if confidence else None))
     labeler.stats.reset()  # one record per patch would pile up over a training; the term's stats are returned
     return out.to(images.device), {"patches_accepted": accepted / max(1, images.shape[0]),
                                    "sam_seconds": time.time() - t0}

@@ -175,3 +175,25 @@ def feature_perturbed_logits(network: torch.nn.Module, x: torch.Tensor, p: float
     drop = F.dropout2d if x.ndim == 4 else F.dropout3d
     skips = [drop(s, p, training=True) for s in net.encoder(x)]
     return first(net.decoder(skips))
+
+
+def weighted_dc_ce(loss: torch.nn.Module, logits: torch.Tensor, target: torch.Tensor,
+                   weight: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's ``DC_and_CE_loss`` (``loss``, built with an ignore label) with a per-pixel weight in [0, 1]:
+    CE averaged with the weights, soft Dice with the weights as nnU-Net's loss mask. Pixels of the ignore label
+    weigh 0; with weights 1 elsewhere it is ``loss`` itself.
+
+    Args:
+        logits: ``(B, K, *spatial)``; target: ``(B, 1, *spatial)`` classes or the ignore label;
+        weight: ``(B, 1, *spatial)``.
+    """
+    import torch.nn.functional as F
+
+    keep = target != loss.ignore_label
+    w = weight.to(logits.dtype) * keep
+    target = torch.where(keep, target, 0)
+    dc = loss.dc(logits, target, loss_mask=w) if loss.weight_dice != 0 else 0
+    total = w.sum()
+    ce = (F.cross_entropy(logits, target[:, 0].long(), reduction="none") * w[:, 0]).sum() / total \
+        if loss.weight_ce != 0 and total > 0 else 0
+    return loss.weight_ce * ce + loss.weight_dice * dc

@@ -81,16 +81,36 @@ def unlabeled_folder(preprocessed_folder: str | os.PathLike) -> Path:
     return p.parent / (p.name + SUFFIX)
 
 
-def encode_store(labels: np.ndarray, ignore_label: int) -> np.ndarray:
-    """A pseudo-label map (classes, ``ignore_label`` where there is none) as stored: class + 1, 0 for none."""
+#: Confidence levels a stored pseudo-label can carry (``online.sam_confidence``), and the stride that packs the
+#: level into the stored integer: ``class + 1 + CONFIDENCE_STRIDE * level``. The codes stay integer labels, so
+#: nnU-Net's segmentation transforms (per-label interpolation) move them like any label map.
+CONFIDENCE_LEVELS = 5
+CONFIDENCE_STRIDE = 256
+
+
+def encode_store(labels: np.ndarray, ignore_label: int, confidence: np.ndarray | None = None) -> np.ndarray:
+    """A pseudo-label map (classes, ``ignore_label`` where there is none) as stored: class + 1, 0 for none; with
+    ``confidence`` (same shape, in [0, 1]) its level ``round(c · (CONFIDENCE_LEVELS − 1))`` is packed in too."""
     labels = np.asarray(labels)
-    return np.where(labels == ignore_label, 0, labels.astype(np.int16) + 1).astype(np.int16)
+    code = labels.astype(np.int16) + 1
+    if confidence is not None:
+        level = np.rint(np.clip(np.asarray(confidence, dtype=np.float32), 0, 1) * (CONFIDENCE_LEVELS - 1))
+        code = code + (CONFIDENCE_STRIDE * level).astype(np.int16)
+    return np.where(labels == ignore_label, 0, code).astype(np.int16)
 
 
 def decode_store(stored: torch.Tensor, no_label: int) -> torch.Tensor:
     """Stored values (as cropped and augmented with the patch) as targets: class, ``no_label`` where none."""
     stored = stored.long()
-    return torch.where(stored <= 0, torch.full_like(stored, no_label), stored - 1)
+    return torch.where(stored <= 0, torch.full_like(stored, no_label), (stored - 1) % CONFIDENCE_STRIDE)
+
+
+def store_weights(stored: torch.Tensor) -> torch.Tensor:
+    """The per-pixel weights packed in stored values: level / (CONFIDENCE_LEVELS − 1), 0 where there is no
+    pseudo-label (a store written without confidence reads as level 0 everywhere)."""
+    stored = stored.long()
+    level = torch.div(stored - 1, CONFIDENCE_STRIDE, rounding_mode="floor").clamp(0, CONFIDENCE_LEVELS - 1)
+    return torch.where(stored <= 0, 0.0, level.float() / (CONFIDENCE_LEVELS - 1))
 
 
 def prepare_unlabeled(images: dict[str, list[str]], folder: Path, plans_manager, configuration_manager,

@@ -62,6 +62,9 @@ class PseudoLabel:
     teacher: np.ndarray | None  # the teacher's label map (all objects), None without a teacher
     accepted: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    #: SAM's per-pixel confidence in [0, 1]: 2·|p − 0.5| for p the largest probability SAM's accepted masks give
+    #: the pixel (1 where no accepted mask reaches it); None without a teacher
+    confidence: np.ndarray | None = None
 
 
 # Extra jitter (pixels) of the perturbed box prompts behind the uncertainty filter.
@@ -171,7 +174,7 @@ class PseudoLabeler:
         img01 = self.intensity.apply(image[0])
         rng = np.random.default_rng(self.seed)
         axis = self.p.slice_axis
-        pseudo_slices, teacher_slices = [], []
+        pseudo_slices, teacher_slices, confidence_slices = [], [], []
         per_obj: dict[str, list[np.ndarray]] = {k: [] for k in ("accept", "iou", "stab", "agree", "unc")}
         reasons: list[tuple[str, ...]] = []
         for (_, img_s), (_, probs_s), (_, student_s) in zip(iter_slices(img01, axis), iter_slices(probs, axis),
@@ -179,6 +182,7 @@ class PseudoLabeler:
             out = self._slice(img_s, probs_s, student_s, rng)
             pseudo_slices.append(out["pseudo"])
             teacher_slices.append(out["teacher"])
+            confidence_slices.append(out["confidence"])
             for k in per_obj:
                 per_obj[k].append(out[k])
             reasons += out["reasons"]
@@ -194,7 +198,8 @@ class PseudoLabeler:
             stability=cat["stab"], agreement=cat["agree"],
             uncertainty=cat["unc"] if self.f.perturbations else None)
         self.stats.append(stats)
-        return PseudoLabel(pseudo.astype(np.uint8), student, teacher, stats.accepted, stats.to_dict())
+        return PseudoLabel(pseudo.astype(np.uint8), student, teacher, stats.accepted, stats.to_dict(),
+                           confidence=stack_slices(confidence_slices, axis))
 
     def _self_label(self, case_id: str, student: np.ndarray) -> PseudoLabel:
         """No teacher: the student's own labels (plain self-training baseline)."""
@@ -290,7 +295,17 @@ class PseudoLabeler:
                          min_confidence=f.min_confidence, keep_student=keep_student, gray_zone=f.gray_zone)
         teacher_map, _ = teacher_label_map(masks, batch.class_ids, np.ones(n, bool))
         return {"pseudo": pseudo, "teacher": teacher_map, "accept": accept, "reasons": list(reasons),
-                "iou": iou, "stab": stab, "agree": agree, "unc": unc}
+                "iou": iou, "stab": stab, "agree": agree, "unc": unc,
+                "confidence": sam_confidence(teacher_probs, accept, shape)}
+
+
+def sam_confidence(teacher_probs: np.ndarray, accept: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """SAM's per-pixel confidence on a slice: 2·|p − 0.5| for p the largest mask probability of the accepted
+    objects (``teacher_probs`` ``(n, *shape)``, ``accept`` ``(n,)``); 1 (sure background) where no object is
+    accepted."""
+    accepted = teacher_probs[np.asarray(accept, bool)] if len(teacher_probs) else teacher_probs
+    p_max = accepted.max(axis=0) if len(accepted) else np.zeros(shape, np.float32)
+    return np.abs(2.0 * p_max - 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- builders

@@ -167,11 +167,40 @@ def test_feature_perturbation_branch(planned):
     assert np.isfinite(out["fp"]) and out["fp"] != 0 and np.isfinite(out["consistency"])  # CE - soft Dice: any sign
 
 
+def test_sam_confidence_rides_in_the_store_and_weights_the_term(planned):
+    """online.sam_confidence: a refresh stores SAM's per-pixel confidence level with each pseudo-label, the
+    labels themselves are those of a store without it, and a step trains on the weighted term (the confidence
+    itself: test_online_units)."""
+    from semisam.online.unlabeled import decode_store, read_store, store_weights
+
+    student = planned["student"]
+    stores = {}
+    for weighted in (False, True):
+        trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(
+            recipe=[*SAM_RECIPE, f"online.sam_confidence={str(weighted).lower()}"]))
+        with student.env():
+            trainer.on_train_start()
+            try:
+                trainer.on_train_epoch_start()  # the SAM term is on from the start: the store is refreshed
+                stores[weighted] = {c: torch.from_numpy(read_store(trainer.unlabeled_folder, c).astype(np.int64))
+                                    for c in trainer.unlabeled_cases}
+                out = trainer.train_step(next(trainer.dataloader_train))
+            finally:
+                trainer.on_train_end()
+        assert out["lambda_s"] > 0 and np.isfinite(out["sam"])
+    for case, plain in stores[False].items():
+        coded = stores[True][case]
+        assert torch.equal(decode_store(coded, 99), decode_store(plain, 99))
+        assert float(store_weights(plain).max()) == 0
+    # the tiny random SAM's masks are near p = 0.5 everywhere: its confidence is the lowest level (weight 0 to 0.25)
+    assert 0 <= float(torch.cat([store_weights(c).flatten() for c in stores[True].values()]).max()) <= 0.25
+
+
 def test_sam_term_per_iteration_labels_the_batch_patches(planned):
     """``online.sam_mode=iteration``: SAM labels the very patches of each unlabeled batch, prompted from the EMA
     teacher's prediction of them, in patch geometry; no store is written and nothing is cached."""
     from semisam.online.sam_term import sam_on_patches
-    from semisam.online.unlabeled import read_store
+    from semisam.online.unlabeled import decode_store, read_store, store_weights
 
     student = planned["student"]
     trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=[*SAM_RECIPE, "online.sam_mode=iteration"]))
@@ -196,7 +225,11 @@ def test_sam_term_per_iteration_labels_the_batch_patches(planned):
     fg[1, :16, :] = 0.9
     probs = torch.stack([1 - fg, fg], 1).clamp(0.05, 0.95)
     probs = probs / probs.sum(1, keepdim=True)
-    pseudo, stats = sam_on_patches(trainer._sam_labeler, images, probs, trainer.no_label)
+    codes, stats = sam_on_patches(trainer._sam_labeler, images, probs)
+    pseudo = decode_store(codes, trainer.no_label)
+    assert float(store_weights(codes).max()) == 0  # no confidence asked for: level 0
+    weighted, _ = sam_on_patches(trainer._sam_labeler, images, probs, confidence=True)
+    assert torch.equal(decode_store(weighted, trainer.no_label), pseudo)  # the labels do not change with it
     assert pseudo.shape == (2, 1, 32, 48) and stats["patches_accepted"] == 1.0
     assert (pseudo[0, 0, :, :24] == 1).all() and (pseudo[0, 0, :, 24:] == 0).all()
     assert (pseudo[1, 0, :16] == 1).all() and (pseudo[1, 0, 16:] == 0).all()

@@ -99,6 +99,53 @@ def test_store_encoding_survives_nnunet_padding():
     assert inner.tolist() == [[0, 1, 7], [7, 1, 0]]
 
 
+def test_store_carries_confidence_levels_and_weighted_loss_reduces_to_nnunets():
+    """online.sam_confidence: the level rides in the stored integer (padding still reads as no label, weight 0);
+    weighted_dc_ce with weight 1 is nnU-Net's DC_and_CE_loss with the ignore label, and a pixel of weight 0 gets no
+    gradient."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from semisam.online.terms import weighted_dc_ce
+    from semisam.online.unlabeled import store_weights
+
+    labels = np.array([[0, 1, 2], [1, 1, 0]])  # 2 = the ignore label
+    confidence = np.array([[1.0, 0.5, 0.9], [0.0, 0.2, 0.74]])
+    stored = encode_store(labels, ignore_label=2, confidence=confidence)
+    padded = torch.from_numpy(np.pad(stored, 1, constant_values=-1))
+    target = decode_store(padded, no_label=2)[1:-1, 1:-1]
+    weights = store_weights(padded)
+    assert target.tolist() == [[0, 1, 2], [1, 1, 0]]
+    assert weights[1:-1, 1:-1].tolist() == [[1.0, 0.5, 0.0], [0.0, 0.25, 0.75]]
+    assert (weights[0] == 0).all() and (weights[:, 0] == 0).all()
+
+    loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=2, dice_class=MemoryEfficientSoftDiceLoss)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, generator=g)
+    tgt = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+    ones = torch.ones(2, 1, 8, 8)
+    assert torch.allclose(weighted_dc_ce(loss, logits, tgt, ones), loss(logits, tgt), atol=1e-6)
+    w = ones.clone()
+    w[:, :, :4] = 0.0
+    x = logits.clone().requires_grad_(True)
+    weighted_dc_ce(loss, x, tgt, w).backward()
+    assert x.grad[:, :, :4].abs().max() == 0 and x.grad[:, :, 4:].abs().sum() > 0
+
+
+def test_sam_confidence_of_a_slice():
+    from semisam.pseudolabel.pipeline import sam_confidence
+
+    probs = np.full((2, 4, 4), 0.5, np.float32)
+    probs[0, :2] = 0.9  # object 0: sure inside (rows 0-1), unsure elsewhere
+    probs[0, 2:] = 0.1
+    conf = sam_confidence(probs, np.array([True, False]), (4, 4))
+    assert np.allclose(conf, 0.8)  # object 1 is rejected: its p = 0.5 does not count
+    assert np.allclose(sam_confidence(probs, np.array([False, False]), (4, 4)), 1.0)  # nothing accepted
+    assert np.allclose(sam_confidence(np.zeros((0, 4, 4), np.float32), np.zeros(0, bool), (4, 4)), 1.0)
+    assert np.allclose(sam_confidence(probs, np.array([True, True]), (4, 4))[2:], 0.0)  # max(0.1, 0.5) = 0.5
+
+
 def test_an_unlabeled_batch_has_no_target():
     batch = UnlabeledBatch.from_loader({"data": torch.zeros(2, 1, 4, 4), "pseudo": torch.zeros(2, 1, 4, 4),
                                         "keys": ["a", "b"]})
