@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_DATA ?= data/Dataset501_Nuclei
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench bench-compare clean-venv
+.PHONY: venv demo test test-fast bench bench-compare bench-levers clean-venv
 
 $(VENV)/.installed: pyproject.toml setup.py constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,19 @@ bench-compare: venv
 	    --labeled-draws 0 1 2 --seeds 0 1 --jobs $(BENCH_JOBS) --methods supervised full semisam mean_teacher weak_strong \
 	    --versus mean_teacher -- $(BENCH_BUDGET) || rc=1; \
 	done; done; exit $$rc
+
+# The retraining levers and the feature-perturbation branch (docs/benchmarks.md, sections 5d and 6d), on the nuclei
+# settings, each paired with the method it changes. Run after bench-compare (same folders, shared round 0).
+BENCH_LEVERS ?= "corrector student.pseudo_augmentation=da5" "corrector loop.pseudo_loss_weight=0.5"
+bench-levers: venv
+	rc=0; for n in 1 4; do \
+	  $(VENV)/bin/semisam compare --dataset data/bench/Dataset501_Nuclei --out $(BENCH_DIR)/nuclei-$$n --labeled $$n \
+	    --labeled-draws 0 1 2 --seeds 0 1 --jobs $(BENCH_JOBS) --methods supervised full corrector $(BENCH_LEVERS) \
+	    --versus corrector -- $(BENCH_BUDGET) || rc=1; \
+	done; \
+	$(VENV)/bin/semisam compare --dataset data/bench/Dataset501_Nuclei --out $(BENCH_DIR)/nuclei-1 --labeled 1 \
+	  --labeled-draws 0 1 2 --seeds 0 1 --jobs $(BENCH_JOBS) --methods supervised full weak_strong \
+	  "weak_strong online.feature_perturbation=0.5" --versus weak_strong -- $(BENCH_BUDGET) || rc=1; exit $$rc
 
 clean-venv:
 	rm -rf $(VENV)
