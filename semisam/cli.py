@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from semisam.utils.io import NO_SPACE_ERRNOS, quiet_finalizers, write_failure
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from semisam.config import compose, to_yaml
+    from semisam.config.compose import ENV_RECIPES
 
+    if args.recipes is not None:  # what the run composes later (loop.calibrate's rules) searches it too
+        os.environ[ENV_RECIPES] = str(Path(args.recipes).expanduser().resolve())
     cfg = compose(args.overrides, config_dir=args.recipes)
     if args.cfg:
         print(to_yaml(cfg), end="")
