@@ -24,11 +24,25 @@ from semisam.utils.io import NO_SPACE_ERRNOS, quiet_finalizers, write_failure
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from semisam.config import compose, to_yaml
     from semisam.config.compose import ENV_RECIPES
 
-    if args.recipes is not None:  # what the run composes later (loop.calibrate's rules) searches it too
-        os.environ[ENV_RECIPES] = str(Path(args.recipes).expanduser().resolve())
+    if args.recipes is None:
+        return _run(args)
+    # what the run composes later (loop.calibrate's rules) searches the folder too, for the command's duration
+    before = os.environ.get(ENV_RECIPES)
+    os.environ[ENV_RECIPES] = str(Path(args.recipes).expanduser().resolve())
+    try:
+        return _run(args)
+    finally:
+        if before is None:
+            os.environ.pop(ENV_RECIPES, None)
+        else:
+            os.environ[ENV_RECIPES] = before
+
+
+def _run(args: argparse.Namespace) -> int:
+    from semisam.config import compose, to_yaml
+
     cfg = compose(args.overrides, config_dir=args.recipes)
     if args.cfg:
         print(to_yaml(cfg), end="")
