@@ -135,8 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     score("zero-shot")
     t0 = time.time()
-    pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in ds.labeled_cases()]
-    adapt = base.adapt(pairs, sorted(fg.values()), work / "adapted.pt")
+    adapt = base.adapt(ds.image_label_pairs(ds.labeled_cases()), sorted(fg.values()), work / "adapted.pt")
     results["adapt"] = {"seconds": time.time() - t0, **{k: v for k, v in adapt.items() if isinstance(v, (int, float, bool))}}
     score("adapted")
     results["cache"] = cache.stats()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -25,19 +24,13 @@ from semisam.utils.io import NO_SPACE_ERRNOS, quiet_finalizers, write_failure
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from semisam.config.compose import ENV_RECIPES
+    from semisam.utils.environ import updated_environ
 
     if args.recipes is None:
         return _run(args)
     # what the run composes later (loop.calibrate's rules) searches the folder too, for the command's duration
-    before = os.environ.get(ENV_RECIPES)
-    os.environ[ENV_RECIPES] = str(Path(args.recipes).expanduser().resolve())
-    try:
+    with updated_environ({ENV_RECIPES: str(Path(args.recipes).expanduser().resolve())}):
         return _run(args)
-    finally:
-        if before is None:
-            os.environ.pop(ENV_RECIPES, None)
-        else:
-            os.environ[ENV_RECIPES] = before
 
 
 def _run(args: argparse.Namespace) -> int:

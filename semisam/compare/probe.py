@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import atomic_write_path, write_json_atomic
 from semisam.utils.progress import speaker
@@ -88,8 +86,7 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     if base.teacher is None:
         raise SemisamError(f"{run_dir} was run without a teacher; probe a run of a SAM method")
     if cfg.teacher.adapt.enabled and cfg.teacher.adapt.steps > 0:
-        pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in cases.train]
-        base.adapt(pairs, sorted(fg.values()), run_dir / "teacher" / "adapted_r1.pt")
+        base.adapt(ds.image_label_pairs(cases.train), sorted(fg.values()), run_dir / "teacher" / "adapted_r1.pt")
     labelers = {name: PseudoLabeler(base.teacher, intensity=base.intensity, prompts=p, filters=f,
                                     ignore_label=ignore, seed=cfg.seed) for name, (p, f, _) in todo.items()}
     probs_dir = run_dir / "round_00" / "pred_unlabeled"
@@ -108,8 +105,7 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
         for name, res in results.items():
             a, c = acc[name], counts[name]
             keep = res.pseudo != ignore
-            effective = np.where(keep, res.pseudo, res.student) if res.accepted else res.student
-            a["all"].add(effective, hidden)
+            a["all"].add(res.every_pixel(ignore), hidden)
             a["student"].add(res.student, hidden)
             if res.teacher is not None:
                 a["sam"].add(res.teacher, hidden)

@@ -294,6 +294,10 @@ class RawDataset:
         """Read a label map. Returns ``(seg (1, Z, Y, X), properties)``."""
         return self.reader_writer.read_seg(str(file))
 
+    def image_label_pairs(self, cases: Sequence[LabeledCase]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(image (C, Z, Y, X), label (Z, Y, X))`` of labeled cases, as a teacher adapts on them."""
+        return [(self.read_image(c.image_files)[0], self.read_seg(c.label_file)[0][0]) for c in cases]
+
     def write_seg(self, seg: np.ndarray, props: dict, out_file: str | os.PathLike) -> Path:
         """Write a label map ``seg (Z, Y, X)`` (integers) atomically, with the geometry in ``props``
         (the properties returned by :meth:`read_image` for the same case).

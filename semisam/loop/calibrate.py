@@ -19,7 +19,6 @@ label is read here. The step is ``r1/calibrate`` (once, before round 1's teacher
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,8 +72,6 @@ def calibrate(exp: "Experiment") -> dict[str, Any]:
     ``{"chosen", "rules": {rule: {"dice_all", "kept", "accept"}}, "student": Dice of the held-out predictions,
     "folds": [{"held_out", "model"}]}``."""
     from semisam.data.probabilities import load_probabilities
-    from semisam.data.raw import CaseData, write_raw_dataset
-    from semisam.data.split import Split
     from semisam.eval.metrics import PooledDice
     from semisam.loop.rounds import say
     from semisam.pseudolabel.pipeline import PseudoLabeler
@@ -89,7 +86,6 @@ def calibrate(exp: "Experiment") -> dict[str, Any]:
     root = exp.run_dir / "calibrate"
     remove_tree(root)
     r0 = exp.state.result("r0/preprocess")
-    name = re.sub(r"^Dataset\d{3}_", "", ds.name) or "Semisam"
     dice = {rule: PooledDice(exp.foreground, exp.ignore_label) for rule in rules}
     student_dice = PooledDice(exp.foreground, exp.ignore_label)
     counts = {rule: {"accepted": 0, "kept": 0, "px": 0} for rule in rules}
@@ -99,15 +95,8 @@ def calibrate(exp: "Experiment") -> dict[str, Any]:
         others = [c for c in train if c.case_id != held.case_id]
         fold = root / f"fold_{k}"
         say(f"calibration {k + 1}/{len(train)}: a student on {len(others)} labeled cases predicts {held.case_id}")
-        raw = fold / "dataset" / f"Dataset{cfg.dataset.dataset_id:03d}_{name}"
-        dj = ds.dataset_json
-        write_raw_dataset(raw, name=ds.name, cases=[CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file)
-                                                    for c in others],
-                          labels=exp.labels, file_ending=ds.file_ending, channel_names=dj["channel_names"],
-                          split=Split(labeled=tuple(c.case_id for c in others), unlabeled=(), test=(), seed=cfg.seed,
-                                      ratio=None),
-                          description=f"semisam calibration fold {k}: {held.case_id} left out", allow_ignore=True,
-                          link_files=True)
+        raw = exp.write_training_dataset(fold / "dataset", exp.case_data(others), (),
+                                         f"semisam calibration fold {k}: {held.case_id} left out")
         student = exp.student(0, fold / "nnunet")
         ds_id = student.add_raw_dataset(raw, cfg.dataset.dataset_id)
         student.preprocess_with_plans(ds_id, r0["plans"], configurations=(s.configuration,),
@@ -119,14 +108,13 @@ def calibrate(exp: "Experiment") -> dict[str, Any]:
                         overwrite=True)
         probs, _ = load_probabilities(fold / "pred" / f"{held.case_id}.npz")
         if cfg.teacher.adapt.enabled and cfg.teacher.adapt.steps > 0:
-            pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in others]
-            base.adapt(pairs, sorted(exp.foreground.values()), fold / "adapted.pt")
+            base.adapt(ds.image_label_pairs(others), sorted(exp.foreground.values()), fold / "adapted.pt")
         image, _ = ds.read_image(held.image_files)
         results = {rule: lab(image, probs, held.case_id) for rule, lab in labelers.items()}
         truth = ds.read_seg(held.label_file)[0][0]  # read after every rule has labelled the case
         for rule, res in results.items():
             keep = res.pseudo != exp.ignore_label
-            dice[rule].add(np.where(keep, res.pseudo, res.student) if res.accepted else res.student, truth)
+            dice[rule].add(res.every_pixel(exp.ignore_label), truth)
             c = counts[rule]
             c["accepted"] += bool(res.accepted)
             c["kept"] += int(keep.sum()) if res.accepted else 0

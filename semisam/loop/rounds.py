@@ -164,29 +164,45 @@ class Experiment:
         The result's ``labeled_share`` is the share of training samples the student draws from the labeled
         cases (``loop.labeled_weight``, through nnU-Net's sampler); None: nnU-Net's uniform sampling (no
         pseudo-labeled case, or ``labeled_weight`` 0)."""
-        name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
-        out = self.round_dir(r) / "dataset" / f"Dataset{self.cfg.dataset.dataset_id:03d}_{name}"
-        remove_tree(out)
         share = self.cfg.loop.labeled_weight if accepted and self.cfg.loop.labeled_weight > 0 else None
-        cases = [CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file) for c in self.cases.train]
+        cases = self.case_data(self.cases.train)
         by_id = {c.case_id: c for c in self.cases.unlabeled}
         cases += [CaseData(cid, image=tuple(by_id[cid].image_files), label=Path(f)) for cid, f in sorted(accepted.items())]
-        ids = [c.case_id for c in cases]
         unlabeled: tuple[str, ...] = ()
         if r == 0 and self.online:  # images only: the online trainer takes imagesTr/ cases without a label
             cases += [CaseData(c.case_id, image=tuple(c.image_files), label=None) for c in self.cases.unlabeled]
             unlabeled = tuple(c.case_id for c in self.cases.unlabeled)
-        split = Split(labeled=tuple(ids), unlabeled=unlabeled, test=(), seed=self.cfg.seed, ratio=None)
-        dj = self.dataset.dataset_json
-        write_raw_dataset(out, name=self.dataset.name, cases=cases, labels=self.labels,
-                          file_ending=self.dataset.file_ending, channel_names=dj["channel_names"], split=split,
-                          description=f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled",
-                          allow_ignore=True, link_files=True)
+        out = self.write_training_dataset(
+            self.round_dir(r) / "dataset", cases, unlabeled,
+            f"semisam round {r}: {len(self.cases.train)} labeled + {len(accepted)} pseudo-labeled")
         result = {"raw_dir": str(out), "n_labeled": len(self.cases.train), "n_pseudo": len(accepted),
                   "labeled_share": share}
         if unlabeled:
             result["n_unlabeled_images"] = len(unlabeled)
         return result
+
+    @staticmethod
+    def case_data(cases) -> list[CaseData]:
+        """Labeled cases (images and label) as :func:`~semisam.data.raw.write_raw_dataset` takes them."""
+        return [CaseData(c.case_id, image=tuple(c.image_files), label=c.label_file) for c in cases]
+
+    def write_training_dataset(self, folder: Path, cases: list[CaseData], unlabeled: tuple[str, ...],
+                               description: str) -> Path:
+        """``cases`` as an nnU-Net raw dataset ``folder/DatasetNNN_Name`` (the run's dataset id and name; replaced
+        if there), its files linked to the sources; the cases with a label are its labeled cases, ``unlabeled``
+        its images without one."""
+        from semisam.student.env import dataset_folder_name
+
+        name = re.sub(r"^Dataset\d{3}_", "", self.dataset.name) or "Semisam"
+        out = folder / dataset_folder_name(self.cfg.dataset.dataset_id, name)
+        remove_tree(out)
+        split = Split(labeled=tuple(c.case_id for c in cases if c.label is not None), unlabeled=unlabeled, test=(),
+                      seed=self.cfg.seed, ratio=None)
+        write_raw_dataset(out, name=self.dataset.name, cases=cases, labels=self.labels,
+                          file_ending=self.dataset.file_ending,
+                          channel_names=self.dataset.dataset_json["channel_names"], split=split,
+                          description=description, allow_ignore=True, link_files=True)
+        return out
 
     def preprocess(self, r: int) -> dict:
         student = self.student(r)
@@ -397,11 +413,7 @@ class Experiment:
             return None
         tag = f"r{r}" if tcfg.adapt.each_round else "r1"
         path = self.run_dir / "teacher" / f"adapted_{tag}.pt"
-        pairs = []
-        for c in self.cases.train:
-            image, _ = self.dataset.read_image(c.image_files)
-            seg, _ = self.dataset.read_seg(c.label_file)
-            pairs.append((image, seg[0]))
+        pairs = self.dataset.image_label_pairs(self.cases.train)
         pseudo = dict(sorted(accepted.items())) if tcfg.adapt.each_round else {}
         by_id = {c.case_id: c for c in self.cases.unlabeled}
         for cid, f in pseudo.items():

@@ -68,6 +68,11 @@ from semisam.student.checkpoint import read_checkpoint, read_checkpoint_weights
 # nnUNetDataLoader up in it
 _nnunet_trainer_module = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
 
+#: Per-step statistics of an online step beside the losses and weights (NaN when a step has none), averaged per
+#: epoch: confident-pixel coverage, SAM-labelled share, per-iteration SAM's accepted patches and seconds, the
+#: feature-perturbation loss.
+STEP_STATS = ("confident", "sam_pixels", "patches_accepted", "sam_seconds", "fp")
+
 #: The training transforms a pseudo-labeled case can get (``TrainerOverrides.pseudo_augmentation``).
 PSEUDO_AUGMENTATIONS = ("default", "da5")
 
@@ -520,7 +525,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
             if self.ema is not None:
                 self.ema.update(self.network)
             out.update(sup=out["loss"], consistency=np.nan, sam=np.nan, lambda_c=lam_c, lambda_s=lam_s,
-                       confident=np.nan, sam_pixels=np.nan, patches_accepted=np.nan, sam_seconds=np.nan, fp=np.nan)
+                       **dict.fromkeys(STEP_STATS, np.nan))
             return out
 
         data = batch["data"].to(self.device, non_blocking=True)
@@ -530,8 +535,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         unl = UnlabeledBatch.from_loader(next(self.dataloader_unlabeled))
         xu = unl.data.to(self.device, non_blocking=True)
         codes = unl.pseudo[0].to(self.device, non_blocking=True)  # the store's values (decoded after CutMix)
-        stats = {"confident": np.nan, "sam_pixels": np.nan, "patches_accepted": np.nan, "sam_seconds": np.nan,
-                 "fp": np.nan}
+        stats = dict.fromkeys(STEP_STATS, np.nan)
         if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by the EMA teacher
             from semisam.online.sam_term import sam_on_patches
 
@@ -605,8 +609,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         if not self.online:
             return
         record = {"epoch": self.current_epoch}
-        for key in ("sup", "consistency", "sam", "lambda_c", "lambda_s", "confident", "sam_pixels", "patches_accepted",
-                    "sam_seconds", "fp"):
+        for key in ("sup", "consistency", "sam", "lambda_c", "lambda_s", *STEP_STATS):
             values = np.array([float(o[key]) for o in train_outputs], dtype=float)
             record[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
         record.update({f"refresh_{k}": v for k, v in self._refresh_stats.items()})

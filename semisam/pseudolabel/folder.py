@@ -52,8 +52,7 @@ def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset
     def adapt() -> None:
         if adapt_on is not None and labeler.adaptable and cfg.teacher.adapt.enabled:
             ds = RawDataset.open(adapt_on)
-            pairs = [(ds.read_image(c.image_files)[0], ds.read_seg(c.label_file)[0][0]) for c in ds.labeled_cases()]
-            labeler.adapt(pairs, sorted(v for v in plain.values() if v), out_dir / "adapted_teacher.pt")
+            labeler.adapt(ds.image_label_pairs(ds.labeled_cases()), sorted(v for v in plain.values() if v), out_dir / "adapted_teacher.pt")
 
     # under torchrun rank 0 adapts first and the others load its adaptation; each rank labels its share of
     # the cases and rank 0 merges their stats in case order (semisam.utils.distributed)

@@ -66,6 +66,13 @@ class PseudoLabel:
     #: the pixel (1 where no accepted mask reaches it); None without a teacher
     confidence: np.ndarray | None = None
 
+    def every_pixel(self, ignore_label: int) -> np.ndarray:
+        """The label every pixel ends up with when an ignored pixel, and each pixel of a rejected case, counts as
+        the student's: how a rule is scored with every pixel counted (``semisam probe``, ``loop.calibrate``)."""
+        if not self.accepted:
+            return self.student
+        return np.where(self.pseudo != ignore_label, self.pseudo, self.student)
+
 
 # Extra jitter (pixels) of the perturbed box prompts behind the uncertainty filter.
 PERTURB_JITTER = 3

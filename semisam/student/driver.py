@@ -22,6 +22,7 @@ from typing import Sequence
 
 from semisam.student.env import NnUNetPaths, link_raw_dataset, nnunet_env, planner_safe_n_proc_da
 from semisam.utils.device import resolve_device
+from semisam.utils.environ import updated_environ
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import atomic_dir, remove_tree
 
@@ -65,12 +66,8 @@ class NnUNetStudent:
                     yield paths
                     return
                 Path(results_dir).mkdir(parents=True, exist_ok=True)
-                saved = os.environ["nnUNet_results"]
-                os.environ["nnUNet_results"] = str(Path(results_dir).absolute())
-                try:
+                with updated_environ({"nnUNet_results": str(Path(results_dir).absolute())}):
                     yield NnUNetPaths(paths.raw, paths.preprocessed, Path(results_dir).absolute())
-                finally:
-                    os.environ["nnUNet_results"] = saved
 
         return _env()
 

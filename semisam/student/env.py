@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from semisam.utils.environ import updated_environ
 from semisam.utils.errors import SemisamError
 
 #: nnU-Net's number of augmentation workers (0: augmentation in the main process)
@@ -81,7 +82,7 @@ def nnunet_env(
         updates["nnUNet_def_n_proc"] = str(int(n_proc))
     if n_proc_da is not None:
         updates["nnUNet_n_proc_DA"] = str(int(n_proc_da))
-    with _environ(updates):
+    with updated_environ(updates):
         yield paths
 
 
@@ -104,22 +105,8 @@ def planner_safe_n_proc_da(announce: Callable[[str], None] | None = None) -> Ite
     if announce is not None:
         announce(f"{N_PROC_DA_ENV}={value} raised to 1 for nnU-Net's planner: it passes it to torch.set_num_threads, "
                  f"which rejects {value}")
-    with _environ({N_PROC_DA_ENV: "1"}):
+    with updated_environ({N_PROC_DA_ENV: "1"}):
         yield
-
-
-@contextlib.contextmanager
-def _environ(updates: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
