@@ -199,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The commands that share their work over torchrun's ranks; every other one is a single process.
+TORCHRUN_COMMANDS = ("run", "pseudolabel")
+
+
+def one_process_only(cmd: str) -> None:
+    """Refuse a single-process command started by torchrun with more than one rank: each rank would run the
+    whole command and write the same files.
+
+    Raises:
+        SemisamError: one line naming the command and what to do instead.
+    """
+    from semisam.utils import distributed
+
+    w = distributed.world()
+    if w.distributed and cmd not in TORCHRUN_COMMANDS:
+        hint = (" (its runs are separate processes: --jobs runs several at once)" if cmd == "compare" else "")
+        raise SemisamError(f"semisam {cmd} runs in one process{hint}, but torchrun started {w.size} ranks; run it "
+                           f"without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} share work over ranks)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -208,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     compat.install()
     with contextlib.ExitStack() as after_failure:
         try:
+            one_process_only(args.cmd)
             return int(args.fn(args) or 0)
         except SemisamError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -58,6 +58,21 @@ def test_world_and_devices_from_torchrun_variables(torchrun_env):
         distributed.world()
 
 
+@pytest.mark.parametrize("words", [["compare", "--dataset", "{d}", "--out", "{o}"],
+                                   ["evaluate", "--pred", "{d}", "--gt", "{d}", "--dataset-json", "{d}", "--out", "{o}"]])
+def test_single_process_commands_refuse_torchrun_ranks(torchrun_env, tmp_path, capsys, words):
+    """Each of two ranks would run the whole comparison (or evaluation) into the same folder: one line, exit 2,
+    nothing written, on whichever rank."""
+    from semisam.cli import main
+
+    torchrun_env(1, 2)
+    argv = [w.format(d=tmp_path / "data", o=tmp_path / "out") for w in words]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: semisam {words[0]} runs in one process")
+    assert "without torchrun" in err[0] and not (tmp_path / "out").exists()
+
+
 def test_timeout_from_the_environment(monkeypatch):
     monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
     assert distributed.timeout_s() == distributed.DEFAULT_TIMEOUT_S
