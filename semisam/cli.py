@@ -214,7 +214,8 @@ def one_process_only(cmd: str) -> None:
 
     w = distributed.world()
     if w.distributed and cmd not in TORCHRUN_COMMANDS:
-        hint = (" (its runs are separate processes: --jobs runs several at once)" if cmd == "compare" else "")
+        hint = {"compare": " (its runs are separate processes: --jobs runs several at once)",
+                "nnunet": " (nnU-Net starts its own process per GPU for -num_gpus)"}.get(cmd, "")
         raise SemisamError(f"semisam {cmd} runs in one process{hint}, but torchrun started {w.size} ranks; run it "
                            f"without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} share work over ranks)")
 
