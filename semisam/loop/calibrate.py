@@ -131,6 +131,33 @@ def calibrate(exp: "Experiment") -> dict[str, Any]:
     return {"chosen": chosen, "rules": scores, "student": student_dice.value(), "folds": folds}
 
 
+def report_section(result: dict[str, Any]) -> list[str]:
+    """The calibration's table for ``report.md``: each rule's Dice on the held-out labeled cases (every pixel
+    counted), its difference to the leave-one-out students' own Dice, the share of pixels it kept and of cases
+    it accepted; the chosen rule in bold."""
+    student = result.get("student")
+    lines = ["## Pseudo-label rule, chosen on the labeled cases (`loop.calibrate`)", "",
+             f"Leave-one-out over the {len(result.get('folds', []))} labeled cases: a student trained on the others "
+             "predicts each one, every rule labels that prediction, and the rule whose labels score best against the "
+             "held-out labels (every pixel counted) labels the unlabeled cases. No unlabeled, hidden or test label "
+             f"is read. The students' own Dice: {_fmt(student)}.", "",
+             "| rule | Dice, every pixel | Δ vs the students | pixels kept | cases accepted |", "|---|---|---|---|---|"]
+    for rule, v in result["rules"].items():
+        name = f"**{rule}** (chosen)" if rule == result["chosen"] else rule
+        delta = (v["dice_all"] - student) if _finite(v["dice_all"]) > float("-inf") and _finite(student) > float("-inf") else None
+        lines.append(f"| {name} | {_fmt(v['dice_all'])} | {'n/a' if delta is None else f'{delta:+.3f}'} | "
+                     f"{100 * v['kept']:.1f} % | {100 * v['accept']:.0f} % |")
+    return lines + [""]
+
+
+def summary_keys(result: dict[str, Any]) -> dict[str, Any]:
+    """The calibration in the run's W&B summary: ``calibrate/chosen``, ``calibrate/student_dice`` and
+    ``calibrate/<rule>/dice_all``."""
+    out: dict[str, Any] = {"calibrate/chosen": result["chosen"], "calibrate/student_dice": result.get("student")}
+    out.update({f"calibrate/{rule}/dice_all": v["dice_all"] for rule, v in result["rules"].items()})
+    return out
+
+
 def apply_choice(labeler, result: dict[str, Any], raw_dir: str) -> None:
     """Give the run's teacher pipeline the prompts and filters of the calibration's chosen rule."""
     prompts, filters, _ = rule_settings([result["chosen"]], raw_dir)[result["chosen"]]

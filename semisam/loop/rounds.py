@@ -486,12 +486,20 @@ class Experiment:
         selection = "val" if by_val and has_val else "last"  # select_round falls back to the last round
         entry = selected_entry(records, selected, selection)
         plots = plot_rounds(all_records, self.run_dir / "plots")
+        calibration = self.state.result("r1/calibrate") if self.state.done("r1/calibrate") else None
+        sections = None
+        if calibration is not None:
+            from semisam.loop.calibrate import report_section, summary_keys
+
+            sections = report_section(calibration)
         report = write_report(self.run_dir, all_records, to_yaml(self.cfg), plots,
-                              title=f"semisam — {self.cfg.experiment}", selected=selected, selection=selection)
+                              title=f"semisam — {self.cfg.experiment}", selected=selected, selection=selection,
+                              sections=sections)
         summary = {"stop_reason": stop_reason, "final_round": records[-1]["round"] if records else None,
                    "selected_round": selected, "selection": selection, "report": str(report), "selected": entry}
         self.tracker.log_selected(entry)
-        self.tracker.summary({k: v for k, v in summary.items() if k != "selected"})
+        self.tracker.summary({k: v for k, v in summary.items() if k != "selected"}
+                             | (summary_keys(calibration) if calibration is not None else {}))
         self.tracker.finish()
         write_json_atomic(self.run_dir / "summary.json", summary)
         print(dice_table(all_records, selected, selection))

@@ -245,6 +245,7 @@ def write_report(
     title: str = "semisam run report",
     selected: int | None = None,
     selection: str = "last",
+    sections: list[str] | None = None,
 ) -> Path:
     """Write ``<run_dir>/report.md`` atomically and return its path.
 
@@ -257,6 +258,7 @@ def write_report(
         selected: the round the caller selected (last trained, or best validation Dice); the report states
             its test Dice and delta vs round 0. None: no round selected.
         selection: how ``selected`` was chosen, ``"last"`` or ``"val"``.
+        sections: further Markdown lines placed after the rounds' table (e.g. the rule calibration's table).
 
     Returns:
         The path of ``report.md``.
@@ -274,6 +276,7 @@ def write_report(
         names = class_names(records)
         if len(names) > MAX_CLASS_COLUMNS:
             lines += ["Per-class test Dice: see `metrics.json` (`rounds[*].test.dice_per_class`).", ""]
+    lines += list(sections or [])
     if plots:
         lines += ["## Plots", ""]
         for plot in plots:

@@ -233,6 +233,13 @@ def test_calibration_chooses_the_rule_on_the_labeled_cases_only(synthetic, tmp_p
     assert cal["chosen"] == rules[scores.index(max(scores))]
     assert steps["r1/teacher"]["result"]["rule"] == cal["chosen"]
     assert "calibration on the labeled cases" in proc.stderr and f"→ {cal['chosen']}" in proc.stderr
+    report = (run_dir / "report.md").read_text()  # the table in the report, the choice in the run's summary
+    assert "## Pseudo-label rule, chosen on the labeled cases" in report and f"| **{cal['chosen']}** (chosen) |" in report
+    other = next(r for r in rules if r != cal["chosen"])
+    assert f"| {other} | {cal['rules'][other]['dice_all']:.3f} |" in report
+    summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
+    assert summary["calibrate/chosen"] == cal["chosen"] and summary["calibrate/student_dice"] == cal["student"]
+    assert summary[f"calibrate/{other}/dice_all"] == cal["rules"][other]["dice_all"]
 
     one = make_synthetic(tmp_path / "one" / "Dataset901_One", n_train=6, n_labeled=1, n_test=1, seed=3)
     for data, rule, words in ((one, "smoke", "needs at least 2 labeled training cases; this run has 1"),
