@@ -144,8 +144,8 @@ def report_section(result: dict[str, Any]) -> list[str]:
              "| rule | Dice, every pixel | Δ vs the students | pixels kept | cases accepted |", "|---|---|---|---|---|"]
     for rule, v in result["rules"].items():
         name = f"**{rule}** (chosen)" if rule == result["chosen"] else rule
-        delta = (v["dice_all"] - student) if _finite(v["dice_all"]) > float("-inf") and _finite(student) > float("-inf") else None
-        lines.append(f"| {name} | {_fmt(v['dice_all'])} | {'n/a' if delta is None else f'{delta:+.3f}'} | "
+        delta = _finite(v["dice_all"]) - _finite(student)  # NaN (n/a) when either is missing
+        lines.append(f"| {name} | {_fmt(v['dice_all'])} | {'n/a' if not np.isfinite(delta) else f'{delta:+.3f}'} | "
                      f"{100 * v['kept']:.1f} % | {100 * v['accept']:.0f} % |")
     return lines + [""]
 
