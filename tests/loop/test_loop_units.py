@@ -45,8 +45,9 @@ def test_dice_table_marks_the_selected_round():
     assert "Selected round: 0** (best validation Dice), test Dice 0.500" in dice_table(records, 0, "val")
 
 
-def _finish(tmp_path, records, overrides, capsys):
-    """``Experiment.finish`` on logged round records (no training): the run's outputs, read back."""
+def _finish(tmp_path, records, overrides, capsys, calibration=None):
+    """``Experiment.finish`` on logged round records (no training): the run's outputs, read back.
+    ``calibration``: a recorded ``r1/calibrate`` result."""
     from semisam.config import compose
     from semisam.loop.rounds import Experiment
     from semisam.tracking import Tracker
@@ -54,6 +55,9 @@ def _finish(tmp_path, records, overrides, capsys):
     exp = Experiment.__new__(Experiment)
     exp.cfg = compose(["logger=disabled", *overrides])
     exp.run_dir = tmp_path / "run"
+    exp.state = RunState(exp.run_dir, "units")
+    if calibration is not None:
+        exp.state.run("r1/calibrate", lambda: calibration)
     exp._tracker = Tracker.create("disabled", "p", exp.run_dir)
     for rec in records:
         exp._tracker.log_round(rec["round"], rec)
@@ -103,6 +107,25 @@ def test_finish_reports_the_selected_round_never_the_best_test_round(tmp_path, c
     line = f"**Selected round: {selected}** ({rule}), test Dice {recs[selected]['test']['dice_mean']:.3f}"
     assert line in report and line in out and "Best round" not in report
     assert f"| {selected} ← |" in out
+
+
+def test_finish_reports_the_rule_calibration(tmp_path, capsys):
+    """A run that chose its rule on the labeled cases shows the table in report.md (choice in bold, Δ to the
+    leave-one-out students, n/a where a rule has no Dice) and the choice in the summary; a run without does not."""
+    cal = {"chosen": "corrector", "student": 0.70, "folds": [{"held_out": "a"}, {"held_out": "b"}],
+           "rules": {"samdsk": {"dice_all": 0.70, "kept": 0.9, "accept": 0.5},
+                     "corrector": {"dice_all": 0.75, "kept": 0.95, "accept": 1.0},
+                     "strict": {"dice_all": None, "kept": 0.0, "accept": 0.0}}}
+    _, _, metrics, report, _ = _finish(tmp_path / "cal", _records(), [], capsys, calibration=cal)
+    assert "Leave-one-out over the 2 labeled cases" in report and "The students' own Dice: 0.700." in report
+    assert "| **corrector** (chosen) | 0.750 | +0.050 | 95.0 % | 100 % |" in report
+    assert "| samdsk | 0.700 | +0.000 | 90.0 % | 50 % |" in report and "| strict | n/a | n/a | 0.0 % | 0 % |" in report
+    assert report.index("chosen on the labeled cases") < report.index("## Config")
+    flat = metrics["summary"]
+    assert flat["calibrate/chosen"] == "corrector" and flat["calibrate/corrector/dice_all"] == 0.75
+    assert flat["calibrate/student_dice"] == 0.70 and "calibrate/strict/dice_all" not in flat  # no value, no key
+    _, _, metrics, report, _ = _finish(tmp_path / "plain", _records(), [], capsys)
+    assert "loop.calibrate`)" not in report and not any(k.startswith("calibrate/") for k in metrics["summary"])
 
 
 def test_finish_with_select_by_val_but_no_validation_falls_back_to_last(tmp_path, capsys):
