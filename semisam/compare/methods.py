@@ -57,9 +57,10 @@ class Method:
 
     @property
     def no_rounds(self) -> bool:
-        """Supervised-style and online methods: forced to round 0 only, whatever the common overrides say (an
-        online method trains one student with its unlabeled batches; it has no rounds)."""
-        return self.label in (SUPERVISED, FULL) or any(o in ONLINE_RECIPES for o in self.overrides)
+        """Supervised-style and online methods, with or without their own overrides (``supervised
+        student.epochs=16``): forced to round 0 only, whatever the common overrides say (an online method trains
+        one student with its unlabeled batches; it has no rounds)."""
+        return any(o in ("experiment=supervised", *ONLINE_RECIPES) for o in self.overrides)
 
 
 def slugify(label: str) -> str:

@@ -130,7 +130,8 @@ def test_versus_must_be_a_compared_method(dataset, tmp_path):
 
 # ------------------------------------------------------------------------------------------ planning and input
 def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
-    cells = plan(spec(dataset, tmp_path / "out", methods=["selftrain", "full", "samdsk student.epochs=2"]))
+    cells = plan(spec(dataset, tmp_path / "out", methods=["selftrain", "full", "samdsk student.epochs=2",
+                                                          "supervised student.epochs=3"]))
     names = [(c.method.label, c.draw, c.seed) for c in cells]
     assert names[:2] == [("supervised", 0, 0), ("supervised", 0, 1)]  # supervised first: others depend on it
     sup = {(c.draw, c.seed): c for c in cells if c.method.label == "supervised"}
@@ -144,8 +145,10 @@ def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
             assert c.cfg.dataset.raw_dir.endswith("data/full")
         if c.method.label.startswith("samdsk"):
             assert c.depends_on is None  # another student budget: its round 0 is its own
-        if c.method.label == "supervised":
+        if c.method.label.startswith("supervised"):
             assert c.cfg.loop.max_rounds == 0  # the common loop.max_rounds=1 does not make it a loop
+        if c.method.label == "supervised student.epochs=3":  # an equal-budget control: still no rounds
+            assert c.cfg.student.epochs == 3 and c.depends_on is None
         assert c.cfg.seed == c.seed and c.cfg.logger.group == "compare-out"
         assert c.cfg.teacher.cache_dir == str((tmp_path / "out" / "cache" / "embeddings").resolve())
     assert not (tmp_path / "out").exists()  # planning writes nothing
