@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = compose([f"dataset.raw_dir={args.raw_dir}", f"teacher={args.teacher}", f"teacher.adapt.steps={args.adapt_steps}",
                    f"device={args.device}", f"seed={args.seed}"]
                   + ([f"teacher.checkpoint={args.checkpoint}"] if args.checkpoint else []))
-    base = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=str(work / "cache"))
+    base = build_pseudolabeler(cfg, ignore_label=ignore, channel_names=ds.dataset_json["channel_names"],
+                               cache_dir=str(work / "cache"))
     teacher = base.teacher
     cache = teacher.cache
     results: dict[str, Any] = {"dataset": str(args.raw_dir), "n_labeled": len(ds.labeled_cases()),
@@ -103,14 +104,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- throughput: encoder on a cold cache, then the cache's second pass --------------------------------
     cache.clear_memory()
-    cold = EmbedTimer(teacher, images, base.intensity)
+    cold = EmbedTimer(teacher, images, base.view)
     results["timing"] = {"encode_s_per_image": cold.first, "cache_second_pass_s_per_image": cold.second,
                          "cache_speedup": cold.first / max(cold.second, 1e-9)}
 
     def labeler(prompt_name: str, fusion: str) -> PseudoLabeler:
         p = PromptSettings(**{**dataclasses.asdict(base.p), **PROMPT_RECIPES[prompt_name]})
         f = FilterSettings(**{**dataclasses.asdict(base.f), "fusion": fusion, "case_min_accept": 0.0})
-        return PseudoLabeler(teacher, intensity=base.intensity, prompts=p, filters=f, ignore_label=ignore,
+        return PseudoLabeler(teacher, view=base.view, prompts=p, filters=f, ignore_label=ignore,
                              seed=cfg.seed, adapt_settings=base.adapt_settings)
 
     def score(stage: str) -> None:
@@ -152,8 +153,8 @@ def _f3(x: float | None) -> str:
 class EmbedTimer:
     """Seconds per image for the encoder (cold cache) and for the same images again (cache hits)."""
 
-    def __init__(self, teacher, images: dict[str, np.ndarray], intensity):
-        mapped = [intensity.apply(img[0])[0] for img in images.values()]  # first channel, first slice
+    def __init__(self, teacher, images: dict[str, np.ndarray], view):
+        mapped = [view.apply(img)[..., 0, :, :] for img in images.values()]  # the teacher's view, first slice
         teacher_intensity, teacher.intensity = teacher.intensity, None
         try:
             t0 = time.time()

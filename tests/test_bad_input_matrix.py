@@ -212,6 +212,12 @@ ROWS = [
         _run(_png, "teacher.checkpoint={tmp}/tiny_random.pth"),
         "error: cannot read checkpoint {tmp}/tiny_random.pth for teacher 'tiny_random': truncated or not a PyTorch "
         "file (...); download it again, or pass the right teacher.checkpoint"),
+    Row("teacher channel the dataset lacks", _nothing, _run(_png, "teacher.channels=[1]"),
+        "error: teacher.channels=[1]: the dataset has no channel 1 (its channels: 0: synthetic); name channels by "
+        "these indices"),
+    Row("teacher channels neither 1 nor 3", _nothing, _run(_png, "teacher.channels=[0,0]"),
+        "error: teacher.channels=[0, 0] must name 1 channel index (grey) or 3 (RGB, in R, G, B order), each >= 0; "
+        "null picks RGB for channels named R, G, B and the first channel otherwise"),
     Row("recipe typo", _nothing, _run(_png, "student.epoch=3"),
         "error: unknown key 'student.epoch' (did you mean 'student.epochs'?)"),
     Row("recipe value of the wrong type", _nothing, _run(_png, "student.epochs=abc"),
@@ -322,7 +328,7 @@ def pseudolabeler():
     from semisam.config import compose
     from semisam.pseudolabel.pipeline import build_pseudolabeler
 
-    return build_pseudolabeler(compose(["experiment=smoke"]), ignore_label=2, cache_dir=None)
+    return build_pseudolabeler(compose(["experiment=smoke"]), ignore_label=2, channel_names={"0": "x"}, cache_dir=None)
 
 
 @pytest.mark.parametrize("what", ["no_foreground", "constant_image"])

@@ -81,13 +81,13 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     cases = split_cases(ds, cfg.dataset.num_val, cfg.seed)
     fg = {k: v for k, v in ds.labels.items() if v}
     ignore = ds.ignore_label if ds.ignore_label is not None else max(ds.labels.values()) + 1
-    base = build_pseudolabeler(cfg, ignore_label=ignore,
+    base = build_pseudolabeler(cfg, ignore_label=ignore, channel_names=ds.dataset_json["channel_names"],
                                cache_dir=cfg.teacher.cache_dir or str(run_dir / "cache" / "embeddings"))
     if base.teacher is None:
         raise SemisamError(f"{run_dir} was run without a teacher; probe a run of a SAM method")
     if cfg.teacher.adapt.enabled and cfg.teacher.adapt.steps > 0:
         base.adapt(ds.image_label_pairs(cases.train), sorted(fg.values()), run_dir / "teacher" / "adapted_r1.pt")
-    labelers = {name: PseudoLabeler(base.teacher, intensity=base.intensity, prompts=p, filters=f,
+    labelers = {name: PseudoLabeler(base.teacher, view=base.view, prompts=p, filters=f,
                                     ignore_label=ignore, seed=cfg.seed) for name, (p, f, _) in todo.items()}
     probs_dir = run_dir / "round_00" / "pred_unlabeled"
     # running sums per rule (PooledDice keeps counts only: no case's maps outlive its loop iteration)

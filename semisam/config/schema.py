@@ -151,6 +151,9 @@ class TeacherConfig:
     name: str = choice("litemedsam", *TEACHER_NAMES)
     checkpoint: Optional[str] = None  # None: the embedded weights (litemedsam); required for the others
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    # the image channels SAM sees: [i] one as grey, [r, g, b] three as RGB; null: RGB when dataset.json names its
+    # three channels R, G, B (data_prep's ISIC 2018 and Kvasir-SEG), else the first channel
+    channels: Optional[List[int]] = None
     cache_dir: Optional[str] = None  # None: <run_dir>/cache/embeddings
     cache_memory_items: int = bounded(64, 0)
     # precision of cached embeddings: float16 halves memory and disk, the decoder's output stays within the

@@ -84,6 +84,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not inten.window_width > 0:
             raise SemisamError(f"teacher.intensity.window_width={inten.window_width:g} must be > 0")
 
+    if cfg.teacher.channels is not None:
+        from semisam.teacher.preprocess import check_channel_list
+
+        check_channel_list(cfg.teacher.channels)
     if cfg.teacher.name not in ("litemedsam", "tiny_random", "none") and not cfg.teacher.checkpoint:
         raise SemisamError(
             f"teacher.name={cfg.teacher.name} needs its weights; pass teacher.checkpoint=<path to the checkpoint>"

@@ -80,7 +80,7 @@ def calibrate(exp: "Experiment") -> dict[str, Any]:
     cfg, s, ds = exp.cfg, exp.cfg.student, exp.dataset
     rules = rule_settings(list(cfg.loop.calibrate), cfg.dataset.raw_dir)
     base = exp.labeler
-    labelers = {rule: PseudoLabeler(base.teacher, intensity=base.intensity, prompts=p, filters=f,
+    labelers = {rule: PseudoLabeler(base.teacher, view=base.view, prompts=p, filters=f,
                                     ignore_label=exp.ignore_label, seed=cfg.seed)
                 for rule, (p, f, _) in rules.items()}
     root = exp.run_dir / "calibrate"

@@ -12,7 +12,8 @@ round 0's training. In order:
    this dataset (unless ``restart=true``);
 4. the teacher's weights, when rounds need a teacher (``loop.max_rounds > 0`` and ``teacher.name != none``):
    the checkpoint file is found (LiteMedSAM's embedded weights: SHA-256 checked) and its keys and shapes fit
-   the architecture (memory-mapped, checked against the model built on the ``meta`` device);
+   the architecture (memory-mapped, checked against the model built on the ``meta`` device); and
+   ``teacher.channels`` names channels the dataset has;
 5. W&B credentials for ``logger.wandb=online``;
 6. free disk space against a rough estimate of the run's needs (:func:`disk_estimate`);
 7. every case's files, read as nnU-Net and the teacher will read them (:func:`semisam.data.check_case_files`:
@@ -95,6 +96,9 @@ def preflight(cfg: RunConfig) -> Built:
         from semisam.teacher.models import check_teacher_checkpoint
 
         check_teacher_checkpoint(cfg.teacher.name, cfg.teacher.checkpoint)
+        from semisam.teacher.preprocess import teacher_channels
+
+        teacher_channels(cfg.teacher.channels, dataset.dataset_json["channel_names"])
     if cfg.logger.wandb == "online":
         from semisam.tracking.wandb_sink import require_wandb_credentials
 

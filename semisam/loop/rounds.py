@@ -98,7 +98,8 @@ class Experiment:
             from semisam.pseudolabel.pipeline import build_pseudolabeler
 
             cache_dir = self.cfg.teacher.cache_dir or str(self.run_dir / "cache" / "embeddings")
-            self._labeler = build_pseudolabeler(self.cfg, ignore_label=self.ignore_label, cache_dir=cache_dir)
+            self._labeler = build_pseudolabeler(self.cfg, ignore_label=self.ignore_label, cache_dir=cache_dir,
+                                                channel_names=self.dataset.dataset_json["channel_names"])
         return self._labeler
 
     # ------------------------------------------------------------------------------------------ the run

@@ -165,6 +165,9 @@ ADDED_KEYS: dict[str, Any] = {
     "loop.final_finetune_epochs": 0,
     "loop.pseudo_loss_weight": 1.0,
     "loop.calibrate": [],
+    # the teacher saw the first channel: null does the same on every dataset whose channels are not named R, G, B
+    # (there, a run recorded before resumes with the colour view; teacher.channels=[0] keeps the red channel)
+    "teacher.channels": None,
     # embeddings were cached in float32 (the default is now float16); without a teacher it changes nothing
     "teacher.cache_dtype": lambda now: (now.get("teacher.cache_dtype") == "float32" or now.get("teacher.name") == "none"
                                         or not now.get("loop.max_rounds")),

@@ -409,11 +409,13 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
 
         cfg = self.semisam_recipe
         if self.semisam_online.sam_mode == "iteration":  # every patch is new: nothing to cache
-            labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, cache_dir=None, memory_items=0)
+            labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, channel_names=self.dataset_json["channel_names"],
+                                          cache_dir=None, memory_items=0)
         else:
             cache = (self.semisam_teacher_cache_dir or cfg.teacher.cache_dir
                      or str(Path(self.preprocessed_dataset_folder_base) / "semisam_cache" / "embeddings"))
-            labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, cache_dir=cache)
+            labeler = build_pseudolabeler(cfg, ignore_label=self.no_label, channel_names=self.dataset_json["channel_names"],
+                                          cache_dir=cache)
         a = cfg.teacher.adapt
         if a.enabled and a.steps > 0:
             dataset_tr, _ = self.get_tr_and_val_datasets()

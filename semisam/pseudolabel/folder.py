@@ -47,7 +47,8 @@ def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset
     if not examples:
         raise SemisamError(f"no images named <case>_0000{ending} in {images_dir}")
     io = RawDataset(images_dir, dj, None, example_file=examples[0])  # reader/writer only: no labels here
-    labeler = build_pseudolabeler(cfg, ignore_label=ignore, cache_dir=cfg.teacher.cache_dir)
+    labeler = build_pseudolabeler(cfg, ignore_label=ignore, channel_names=dj.get("channel_names", {"0": ""}),
+                                  cache_dir=cfg.teacher.cache_dir)
 
     def adapt() -> None:
         if adapt_on is not None and labeler.adaptable and cfg.teacher.adapt.enabled:

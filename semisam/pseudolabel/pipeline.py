@@ -3,8 +3,9 @@
 :class:`PseudoLabeler` takes an image and the student's probabilities — never a label — and returns the
 pseudo-label (rejected pixels carry the ignore label), the student's and the teacher's label maps, whether
 the case is accepted, and its stats. 3D volumes are processed slice-wise along ``slice_axis``; SAM sees the
-first image channel, mapped to ``[0, 1]`` once per case by the teacher's intensity rule (so every slice of a
-volume shares one mapping).
+recipe's teacher channels (``teacher.channels``: the first as grey, or three as RGB; see
+:class:`~semisam.teacher.preprocess.TeacherView`), mapped to ``[0, 1]`` once per case by the teacher's intensity
+rule (so every slice of a volume shares one mapping).
 
 :func:`build_pseudolabeler` is the builder from a recipe (configs stop here); :func:`pseudolabel_folder`
 (:mod:`semisam.pseudolabel.folder`) is ``semisam pseudolabel``: refine any trained nnU-Net's
@@ -84,7 +85,8 @@ class PseudoLabeler:
     Args:
         teacher: a :class:`~semisam.teacher.predictor.SamTeacher` built with ``intensity=None``, or None
             to self-train on the student's own labels (fusion must then be ``student``).
-        intensity: the rule mapping each case's first channel to ``[0, 1]``.
+        view: the teacher's channels of a case and their mapping to ``[0, 1]``
+            (:class:`~semisam.teacher.preprocess.TeacherView`; None: the first channel, percentile mapping).
         prompts, filters: the recipe's scalars.
         ignore_label: the dataset's ignore label.
         seed: for prompt jitter and perturbations.
@@ -93,12 +95,16 @@ class PseudoLabeler:
             :func:`semisam.teacher.adapt.adapt_or_load`); None: each run adapts for itself.
     """
 
-    def __init__(self, teacher, *, intensity, prompts: PromptSettings, filters: FilterSettings, ignore_label: int,
+    def __init__(self, teacher, *, view=None, prompts: PromptSettings, filters: FilterSettings, ignore_label: int,
                  seed: int = 0, adapt_settings: dict | None = None, shared_adapt_dir: str | Path | None = None):
         if teacher is None and filters.fusion != "student":
             raise SemisamError(f"filters.fusion={filters.fusion} needs a teacher; use fusion 'student' without one")
         self.teacher = teacher
-        self.intensity = intensity
+        if view is None:
+            from semisam.teacher.preprocess import TeacherView
+
+            view = TeacherView()
+        self.view = view
         self.p = prompts
         self.f = filters
         self.ignore_label = int(ignore_label)
@@ -135,7 +141,7 @@ class PseudoLabeler:
 
         pairs = []
         for image, label in labeled:
-            img01 = self.intensity.apply(np.asarray(image)[0])
+            img01 = self.view.apply(image)
             for (_, img_s), (_, lab_s) in zip(iter_slices(img01, self.p.slice_axis),
                                               iter_slices(np.asarray(label), self.p.slice_axis)):
                 if ((lab_s > 0) & (lab_s != self.ignore_label)).any():
@@ -156,7 +162,7 @@ class PseudoLabeler:
 
         A case is skipped (not accepted, every pixel the ignore label, counted in :attr:`stats` with its
         ``skip_reason``) when the student predicts no foreground anywhere (``"no_foreground"``: no prompt can
-        be made) or, with a teacher, when the image's first channel is constant (``"constant_image"``).
+        be made) or, with a teacher, when the teacher's channels are constant (``"constant_image"``).
 
         Raises:
             SemisamError: NaN/Inf, shapes that differ, probabilities that do not sum to one.
@@ -167,8 +173,8 @@ class PseudoLabeler:
         probs = validate_probs(student_probs, image.shape)
         student = student_hard_labels(probs, threshold=self.p.threshold, overlap=self.p.overlap)
         skip = None
-        if self.teacher is not None and image[0].size and image[0].min() == image[0].max():
-            skip = "constant_image"  # SAM sees the first channel: one value everywhere, nothing to segment
+        if self.teacher is not None and self.view.is_constant(image):
+            skip = "constant_image"  # what SAM sees holds one value everywhere: nothing to segment
         elif not (student > 0).any():
             skip = "no_foreground"  # no object, no prompt: nothing to ask the teacher
         if skip is not None:
@@ -178,7 +184,7 @@ class PseudoLabeler:
             return PseudoLabel(empty, student, None, False, stats.to_dict())
         if self.teacher is None:
             return self._self_label(case_id, student)
-        img01 = self.intensity.apply(image[0])
+        img01 = self.view.apply(image)
         rng = np.random.default_rng(self.seed)
         axis = self.p.slice_axis
         pseudo_slices, teacher_slices, confidence_slices = [], [], []
@@ -316,15 +322,17 @@ def sam_confidence(teacher_probs: np.ndarray, accept: np.ndarray, shape: tuple[i
 
 
 # ---------------------------------------------------------------------------------------------- builders
-def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None,
+def build_pseudolabeler(cfg, *, ignore_label: int, channel_names: dict, cache_dir: str | None,
                         memory_items: int | None = None) -> PseudoLabeler:
     """The recipe's teacher pipeline (SAM built once; embeddings cached in ``cache_dir`` and, up to
-    ``memory_items`` of them (None: ``teacher.cache_memory_items``), in memory)."""
-    from semisam.teacher.preprocess import IntensityRule
+    ``memory_items`` of them (None: ``teacher.cache_memory_items``), in memory). ``channel_names`` (the dataset's)
+    resolve ``teacher.channels`` (:func:`~semisam.teacher.preprocess.teacher_channels`)."""
+    from semisam.teacher.preprocess import IntensityRule, TeacherView, teacher_channels
 
     t = cfg.teacher
     intensity = IntensityRule(mode=t.intensity.mode, lower=t.intensity.lower, upper=t.intensity.upper,
                               center=t.intensity.window_center, width=t.intensity.window_width)
+    view = TeacherView(intensity, teacher_channels(t.channels, channel_names))
     prompts, filters = PromptSettings.of(cfg.prompts), FilterSettings.of(cfg.filters)
     teacher = None
     if t.enabled:
@@ -345,5 +353,5 @@ def build_pseudolabeler(cfg, *, ignore_label: int, cache_dir: str | None,
                           augment=a.augment, box_jitter=a.box_jitter)
     # runs that share an embedding cache (teacher.cache_dir set, as `semisam compare` does) share adaptations too
     shared = str(Path(t.cache_dir).parent / "adapted") if t.cache_dir else None
-    return PseudoLabeler(teacher, intensity=intensity, prompts=prompts, filters=filters, ignore_label=ignore_label,
+    return PseudoLabeler(teacher, view=view, prompts=prompts, filters=filters, ignore_label=ignore_label,
                          seed=cfg.seed, adapt_settings=adapt_settings, shared_adapt_dir=shared)

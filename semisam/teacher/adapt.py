@@ -45,11 +45,11 @@ ADAPTED_FORMAT = "semisam.adapted_teacher.v1"
 
 
 def dihedral(array_2d: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 flips/rotations of a ``(H, W)`` array: ``rot90`` by ``k % 4``, then a left-right
-    flip if ``k >= 4``."""
-    out = np.rot90(array_2d, k % 4)
+    """The k-th of the 8 flips/rotations of a ``(H, W)`` array (or ``(3, H, W)``, channels kept): ``rot90`` by
+    ``k % 4``, then a left-right flip if ``k >= 4``."""
+    out = np.rot90(array_2d, k % 4, axes=(-2, -1))
     if k >= 4:
-        out = out[:, ::-1]
+        out = out[..., ::-1]
     return np.ascontiguousarray(out)
 
 
@@ -133,10 +133,10 @@ def _prepare_views(model: SamModel, cache: EmbeddingCache, labeled, classes, aug
     views = []
     for idx, (image, label) in enumerate(labeled):
         image, label = np.asarray(image), np.asarray(label)
-        if image.ndim != 2 or label.shape != image.shape:
-            raise SemisamError(
-                f"labeled case {idx}: image {image.shape} and label {label.shape} must be the same 2D (H, W) shape"
-            )
+        rgb = image.ndim == 3 and image.shape[0] == 3
+        if not (image.ndim == 2 or rgb) or label.ndim != 2 or label.shape != image.shape[-2:]:
+            raise SemisamError(f"labeled case {idx}: image {image.shape} and label {label.shape} must be on the same 2D "
+                               "(H, W) grid (a grey (H, W) or RGB (3, H, W) image, an (H, W) label)")
         if not np.issubdtype(label.dtype, np.integer) and not np.array_equal(label, np.round(label)):
             raise SemisamError(f"labeled case {idx}: label map must hold integer class values")
         mapped = intensity.apply(image) if intensity is not None else image.astype(np.float32)

@@ -1,9 +1,9 @@
 """Image-embedding cache: the image encoder runs once per image (per slice in 3D) per run.
 
-Key: ``sha256(image bytes + shape + dtype)`` of the intensity-mapped ``(H, W)`` image, combined with the
-teacher's ``spec.model_id`` (a hash of its **image encoder** weights) and its input size. Decoder and
-prompt-encoder changes (teacher adaptation) therefore keep embeddings valid; a different encoder, image,
-intensity rule or input size gives a different key.
+Key: ``sha256(image bytes + shape + dtype)`` of the intensity-mapped ``(H, W)`` (or RGB ``(3, H, W)``) image,
+combined with the teacher's ``spec.model_id`` (a hash of its **image encoder** weights) and its input size.
+Decoder and prompt-encoder changes (teacher adaptation) therefore keep embeddings valid; a different encoder,
+image, channel choice, intensity rule or input size gives a different key.
 
 Two layers: an in-memory LRU bounded by ``max_memory_items`` (a LiteMedSAM embedding is 4 MiB in float32),
 and, when ``cache_dir`` is given, one ``.pt`` file per embedding under ``cache_dir/<model_id>/`` written

@@ -58,7 +58,7 @@ def everything_segments(teacher: SamTeacher, image_2d: np.ndarray, *, points_per
         raise SemisamError(f"everything mode needs points_per_side >= 1, got {points_per_side}")
     from segment_anything.utils.amg import build_point_grid  # compat is active once a teacher is built
 
-    h, w = np.asarray(image_2d).shape
+    h, w = np.asarray(image_2d).shape[-2:]
     grid = build_point_grid(int(points_per_side)) * np.array([w, h], dtype=np.float64)  # (x, y) pixel centres
     grid = np.clip(grid - 0.5, 0, [w - 1, h - 1]).astype(np.float32)
     pred = teacher.predict(image_2d, points_xy=grid[:, None, :], point_labels=np.ones((len(grid), 1), np.int64),

@@ -4,8 +4,9 @@ Shaped like ``segment_anything.SamPredictor`` (embed once, predict many times) b
 the embedding comes from the :class:`~semisam.teacher.cache.EmbeddingCache`, so alternating images costs
 nothing extra. The teacher takes **images and prompts only, never a label**.
 
-Conventions: ``image_2d`` is ``(H, W)`` (Y, X); points are ``(x, y)`` pixels and boxes ``(x0, y0, x1, y1)``
-in the original image; point labels are 1 (foreground), 0 (background), -1 (padding, ignored).
+Conventions: ``image_2d`` is ``(H, W)`` (Y, X), or ``(3, H, W)`` for an RGB teacher view; points are ``(x, y)``
+pixels and boxes ``(x0, y0, x1, y1)`` in the original image; point labels are 1 (foreground), 0 (background),
+-1 (padding, ignored).
 """
 from __future__ import annotations
 
@@ -118,10 +119,12 @@ class SamTeacher:
         return self.model.device
 
     def map_image(self, image_2d: np.ndarray) -> np.ndarray:
-        """Apply the teacher's intensity rule: ``(H, W)`` raw → float32 ``[0, 1]``."""
+        """Apply the teacher's intensity rule: ``(H, W)`` grey or ``(3, H, W)`` RGB raw → float32 ``[0, 1]`` (an
+        RGB image gets one mapping for its three channels)."""
         image_2d = np.asarray(image_2d)
-        if image_2d.ndim != 2:
-            raise SemisamError(f"the teacher takes 2D (H, W) images (slice 3D volumes), got shape {image_2d.shape}")
+        if not (image_2d.ndim == 2 or (image_2d.ndim == 3 and image_2d.shape[0] == 3)):
+            raise SemisamError(f"the teacher takes 2D grey (H, W) or RGB (3, H, W) images (slice 3D volumes), "
+                               f"got shape {image_2d.shape}")
         return check_unit_image(image_2d) if self.intensity is None else self.intensity.apply(image_2d)
 
     def embed_with_info(self, image_2d: np.ndarray) -> tuple[torch.Tensor, TransformInfo]:

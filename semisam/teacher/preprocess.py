@@ -15,10 +15,16 @@ Two steps, kept apart on purpose:
 
    A constant image maps to all zeros. NaN or Inf anywhere is an error (:class:`SemisamError`).
 
+   Which channels of a case the teacher sees is :class:`TeacherView`'s choice (:func:`teacher_channels`): one
+   channel as grey (the first, by default), or three as RGB (by default when ``dataset.json`` names its three
+   channels R, G, B, as ``data_prep`` writes ISIC 2018 and Kvasir-SEG). The three RGB channels share one
+   mapping, so colours keep their balance; the grey image is ``(H, W)``, the RGB one ``(3, H, W)``.
+
 2. Each model's own input rule (:func:`to_model_input`), which the model was trained with:
 
-   - ``"litemedsam"`` (LiteMedSAM): grey copied to 3 channels, longest side resized to the input size
-     (256), min-max scaled to ``[0, 1]`` (no ImageNet mean/std), zero padding at bottom/right.
+   - ``"litemedsam"`` (LiteMedSAM): grey copied to 3 channels (an RGB image kept as it is), longest side
+     resized to the input size (256), min-max scaled to ``[0, 1]`` (no ImageNet mean/std), zero padding at
+     bottom/right.
    - ``"sam"`` (Meta SAM, MobileSAM): the ``[0, 1]`` image becomes 0..255 RGB, longest side resized to
      the input size (1024), normalised with SAM's pixel mean/std, zero padding (after normalisation) at
      bottom/right, as ``Sam.preprocess`` does.
@@ -119,15 +125,87 @@ class IntensityRule:
         return map_intensity(image, self.mode, self.lower, self.upper, self.center, self.width)
 
 
+#: channel names (lower case) that make a three-channel dataset an RGB one, in R, G, B order
+RGB_NAMES = (("r", "red"), ("g", "green"), ("b", "blue"))
+
+
+def check_channel_list(requested) -> tuple[int, ...]:
+    """``teacher.channels`` as given (not None), checked without a dataset: 1 or 3 indices, each >= 0.
+
+    Raises:
+        SemisamError: another count, or a negative index.
+    """
+    channels = tuple(int(c) for c in requested)
+    if len(channels) not in (1, 3) or min(channels) < 0:
+        raise SemisamError(f"teacher.channels={list(channels)} must name 1 channel index (grey) or 3 (RGB, in R, G, B "
+                           "order), each >= 0; null picks RGB for channels named R, G, B and the first channel otherwise")
+    return channels
+
+
+def teacher_channels(requested, channel_names: dict) -> tuple[int, ...]:
+    """The image channels the teacher sees (``teacher.channels``).
+
+    Args:
+        requested: None (automatic: the three channels as RGB when ``channel_names`` names them R, G, B or red,
+            green, blue in this order; else the first channel as grey), or a list of 1 channel index (grey) or 3
+            (RGB, in R, G, B order).
+        channel_names: ``dataset.json``'s ``channel_names`` (``{"0": "T1", ...}``).
+
+    Raises:
+        SemisamError: not 1 or 3 channels, or a channel the dataset does not have.
+    """
+    names = [str(channel_names[k]).strip().lower() for k in sorted(channel_names, key=int)]
+    if requested is None:
+        if len(names) == 3 and all(n in accepted for n, accepted in zip(names, RGB_NAMES)):
+            return (0, 1, 2)
+        return (0,)
+    channels = check_channel_list(requested)
+    bad = [c for c in channels if c >= len(names)]
+    if bad:
+        have = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+        raise SemisamError(f"teacher.channels={list(channels)}: the dataset has no channel {bad[0]} "
+                           f"(its channels: {have}); name channels by these indices")
+    return channels
+
+
+@dataclass(frozen=True)
+class TeacherView:
+    """What the teacher sees of a case: its :attr:`channels` (one as grey, three as RGB), mapped to ``[0, 1]``
+    by :attr:`rule`. The three RGB channels share one mapping (statistics over all three), so a colour keeps
+    its balance."""
+
+    rule: IntensityRule = IntensityRule()
+    channels: tuple[int, ...] = (0,)
+
+    def select(self, image: np.ndarray) -> np.ndarray:
+        """``(C, Z, Y, X)`` case → its raw teacher channels: ``(Z, Y, X)`` grey or ``(3, Z, Y, X)`` RGB."""
+        image = np.asarray(image)
+        return image[self.channels[0]] if len(self.channels) == 1 else image[list(self.channels)]
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """``(C, Z, Y, X)`` case → float32 in ``[0, 1]``: ``(Z, Y, X)`` grey or ``(3, Z, Y, X)`` RGB (slice it with
+        :func:`semisam.prompts.iter_slices`, which keeps the channel axis first)."""
+        sel = self.select(image)
+        if len(self.channels) == 1:
+            return self.rule.apply(sel)
+        return self.rule.apply(sel.reshape(-1, *sel.shape[2:])).reshape(sel.shape)  # one mapping for R, G, B
+
+    def is_constant(self, image: np.ndarray) -> bool:
+        """True when the teacher's channels hold one value everywhere (nothing for SAM to segment)."""
+        sel = self.select(image)
+        return bool(sel.size) and sel.min() == sel.max()
+
+
 def check_unit_image(image01: np.ndarray) -> np.ndarray:
-    """Check an already-mapped 2D image: finite, values in ``[0, 1]``; return it as float32 ``(H, W)``.
+    """Check an already-mapped 2D image, grey ``(H, W)`` or RGB ``(3, H, W)``: finite, values in ``[0, 1]``;
+    return it as float32 of the same shape.
 
     Raises:
         SemisamError: wrong shape, NaN/Inf, or values outside ``[0, 1]``.
     """
     image01 = np.asarray(image01)
-    if image01.ndim != 2 or min(image01.shape) < 1:
-        raise SemisamError(f"expected a 2D (H, W) image, got shape {image01.shape}")
+    if not (image01.ndim == 2 or (image01.ndim == 3 and image01.shape[0] == 3)) or min(image01.shape) < 1:
+        raise SemisamError(f"expected a 2D grey (H, W) or RGB (3, H, W) image, got shape {image01.shape}")
     image01 = image01.astype(np.float32, copy=False)
     check_finite(image01)
     if image01.min() < -1e-6 or image01.max() > 1 + 1e-6:
@@ -176,7 +254,7 @@ def to_model_input(image01: np.ndarray, input_size: int, kind: PreprocessKind) -
     """Resize, normalise and pad an intensity-mapped image into the model's input.
 
     Args:
-        image01: ``(H, W)`` float image in ``[0, 1]`` (from :func:`map_intensity`).
+        image01: ``(H, W)`` grey or ``(3, H, W)`` RGB float image in ``[0, 1]`` (from :class:`TeacherView`).
         input_size: ``S``, the model's square input side.
         kind: ``"litemedsam"`` or ``"sam"`` (see the module docstring).
 
@@ -187,13 +265,13 @@ def to_model_input(image01: np.ndarray, input_size: int, kind: PreprocessKind) -
         SemisamError: a bad image (see :func:`check_unit_image`) or unknown ``kind``.
     """
     image01 = check_unit_image(image01)
-    H, W = image01.shape
+    H, W = image01.shape[-2:]
     h, w = resized_shape(H, W, input_size)
-    x = torch.from_numpy(np.ascontiguousarray(image01))[None, None]
+    x = torch.from_numpy(np.ascontiguousarray(image01)).reshape(1, -1, H, W)
     if (h, w) != (H, W):
         # Bilinear with antialiasing when shrinking, like a PIL resize of the uint8 image.
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=(h < H or w < W))
-    x = x.expand(1, 3, h, w)
+    x = x.expand(1, 3, h, w)  # grey: the one channel three times; RGB: as it is
     if kind == "litemedsam":
         lo, hi = x.min(), x.max()
         x = (x - lo) / torch.clamp(hi - lo, min=1e-8)

@@ -13,14 +13,14 @@ def teacher_of(model):
     from semisam.teacher.cache import EmbeddingCache
     from semisam.teacher.predictor import SamTeacher
 
-    return SamTeacher(model, EmbeddingCache(None), intensity=None, decode_batch=16)
+    return SamTeacher(model, EmbeddingCache(None), decode_batch=16)
 
 
 def test_margin_in_the_teachers_frame_scales_with_the_image(tiny_model):
     size = tiny_model.spec.input_size
 
     def margins(space, shape):
-        lab = PseudoLabeler(teacher_of(tiny_model), intensity=None, filters=FilterSettings(), ignore_label=2,
+        lab = PseudoLabeler(teacher_of(tiny_model), filters=FilterSettings(), ignore_label=2,
                             prompts=PromptSettings(box_margin=4, box_margin_space=space))
         return lab._margins(shape)
 
@@ -78,10 +78,10 @@ def test_corrector_pipeline_runs_with_candidates_ensemble_and_gray_zone(tiny_mod
     prompts = PromptSettings(min_size=4, candidate_threshold=0.25, box_margin=4, box_margin_space="teacher")
     filters = FilterSettings(fusion=fusion, perturbations=2, ensemble_mask=True, gray_zone=0.25,
                              case_min_accept=0.0, uncertainty_thresh=1.0)
-    lab = PseudoLabeler(teacher_of(tiny_model), intensity=None, prompts=prompts, filters=filters, ignore_label=2)
-    from semisam.teacher.preprocess import IntensityRule
+    lab = PseudoLabeler(teacher_of(tiny_model), prompts=prompts, filters=filters, ignore_label=2)
+    from semisam.teacher.preprocess import TeacherView
 
-    lab.intensity = IntensityRule()
+    lab.view = TeacherView()
     out = lab(image, probs, "disk")
     assert out.stats["n_objects"] == 2  # the student's disk and the candidate
     assert out.pseudo.shape == disk[None].shape
@@ -92,13 +92,13 @@ def test_corrector_pipeline_runs_with_candidates_ensemble_and_gray_zone(tiny_mod
 
 
 def test_second_pass_and_everything_run_in_the_pipeline(tiny_model):
-    from semisam.teacher.preprocess import IntensityRule
+    from semisam.teacher.preprocess import TeacherView
 
     image, probs, disk, _ = disk_case()
     for prompts in (PromptSettings(min_size=4, second_pass=True, second_pass_mask=True),
                     PromptSettings(min_size=4, source="everything", everything_points_per_side=4,
                                    everything_min_iou=0.0, everything_min_stability=0.0)):
-        lab = PseudoLabeler(teacher_of(tiny_model), intensity=IntensityRule(), prompts=prompts,
+        lab = PseudoLabeler(teacher_of(tiny_model), view=TeacherView(), prompts=prompts,
                             filters=FilterSettings(fusion="union", case_min_accept=0.0), ignore_label=2)
         out = lab(image, probs, "disk")
         assert out.stats["n_objects"] == 1 and out.pseudo.shape == disk[None].shape

@@ -21,10 +21,10 @@ def ball_case(shape=(6, 32, 40)):
 def labeler(tiny_model, **filters):
     from semisam.teacher.cache import EmbeddingCache
     from semisam.teacher.predictor import SamTeacher
-    from semisam.teacher.preprocess import IntensityRule
+    from semisam.teacher.preprocess import TeacherView
 
-    teacher = SamTeacher(tiny_model, EmbeddingCache(None), intensity=None, decode_batch=4)
-    return PseudoLabeler(teacher, intensity=IntensityRule(), prompts=PromptSettings(min_size=4, slice_axis=filters.pop("axis", 0)),
+    teacher = SamTeacher(tiny_model, EmbeddingCache(None), decode_batch=4)
+    return PseudoLabeler(teacher, view=TeacherView(), prompts=PromptSettings(min_size=4, slice_axis=filters.pop("axis", 0)),
                          filters=FilterSettings(**{"case_min_accept": 0.0, **filters}), ignore_label=2)
 
 
@@ -50,9 +50,9 @@ def test_agree_never_adds_foreground_and_ignores_disagreement(tiny_model):
 
 def test_boundary_band_applies_to_self_training_too():
     image, probs, fg = ball_case()
-    plain = PseudoLabeler(None, intensity=None, prompts=PromptSettings(), filters=FilterSettings(fusion="student"),
+    plain = PseudoLabeler(None, prompts=PromptSettings(), filters=FilterSettings(fusion="student"),
                           ignore_label=2)
-    banded = PseudoLabeler(None, intensity=None, prompts=PromptSettings(),
+    banded = PseudoLabeler(None, prompts=PromptSettings(),
                            filters=FilterSettings(fusion="student", boundary_band=1), ignore_label=2)
     a, b = plain(image, probs), banded(image, probs)
     np.testing.assert_array_equal(a.pseudo, fg.astype(np.uint8))
@@ -79,7 +79,7 @@ def test_bad_input(tiny_model):
     with pytest.raises(SemisamError, match="sum"):
         lab(image, probs * 0.5)
     with pytest.raises(SemisamError, match="needs a teacher"):
-        PseudoLabeler(None, intensity=None, prompts=PromptSettings(), filters=FilterSettings(fusion="agree"), ignore_label=2)
+        PseudoLabeler(None, prompts=PromptSettings(), filters=FilterSettings(fusion="agree"), ignore_label=2)
 
 
 def test_the_teacher_api_takes_no_label():

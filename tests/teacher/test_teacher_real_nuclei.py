@@ -27,10 +27,10 @@ def nuclei(tmp_path_factory):
 def test_adapted_litemedsam_beats_zero_shot_on_held_out_tiles(nuclei, litemedsam_model, tmp_path):
     from semisam.teacher.cache import EmbeddingCache
     from semisam.teacher.predictor import SamTeacher
-    from semisam.teacher.preprocess import IntensityRule
+    from semisam.teacher.preprocess import TeacherView
 
     teacher = SamTeacher(litemedsam_model, EmbeddingCache(tmp_path / "cache"), intensity=None)
-    labeler = PseudoLabeler(teacher, intensity=IntensityRule(), prompts=PromptSettings(split_instances=True),
+    labeler = PseudoLabeler(teacher, view=TeacherView(), prompts=PromptSettings(split_instances=True),
                             filters=FilterSettings(fusion="sam", case_min_accept=0.0), ignore_label=2,
                             adapt_settings=dict(steps=40, batch_size=4, lr=1e-4))
     test = [(nuclei.read_image(c.image_files)[0], nuclei.read_seg(c.label_file)[0][0]) for c in nuclei.test_cases()]
