@@ -363,6 +363,7 @@ class Experiment:
             gallery_png = str(overlay_gallery(gallery, self.ignore_label, self.round_dir(r) / "gallery.png",
                                               max_cases=self.cfg.loop.gallery_cases, title=f"round {r}"))
         n = len(self.cases.unlabeled)
+        calibration = self.state.result_or("r1/calibrate")
         return {
             "accepted": accepted, "files": files, "n_candidates": n,
             "accept_rate": len(accepted) / n if n else 0.0,
@@ -370,7 +371,7 @@ class Experiment:
             "skipped": {c: s.get("skip_reason") for c, s in per_case.items() if s.get("skip_reason")},
             "pseudo_quality": quality.result(), "gallery": gallery_png, "adapt": adapt_stats,
             "cache": cache, "teacher_s": round(time.time() - t0, 2),
-            **({"rule": self.state.result("r1/calibrate")["chosen"]} if self.state.done("r1/calibrate") else {}),
+            **({"rule": calibration["chosen"]} if calibration else {}),
         }
 
     def teach_cases(self, r: int, cases: list, probs_dir: Path, out: Path) -> tuple[list, list, PseudoQuality, dict]:
@@ -487,7 +488,7 @@ class Experiment:
         selection = "val" if by_val and has_val else "last"  # select_round falls back to the last round
         entry = selected_entry(records, selected, selection)
         plots = plot_rounds(all_records, self.run_dir / "plots")
-        calibration = self.state.result("r1/calibrate") if self.state.done("r1/calibrate") else None
+        calibration = self.state.result_or("r1/calibrate")
         sections = None
         if calibration is not None:
             from semisam.loop.calibrate import report_section, summary_keys

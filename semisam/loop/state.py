@@ -239,6 +239,10 @@ class ManifestView:
     def result(self, step: str) -> Any:
         return self.manifest["steps"][step]["result"]
 
+    def result_or(self, step: str, default: Any = None) -> Any:
+        """The step's result when it is done, else ``default``."""
+        return self.result(step) if self.done(step) else default
+
     def seconds(self, step: str) -> float | None:
         entry = self.manifest["steps"].get(step)
         return None if entry is None else entry["seconds"]
