@@ -42,12 +42,13 @@ def pseudolabel_folder(images_dir: Path, probs_dir: Path, out_dir: Path, dataset
     npz = sorted(probs_dir.glob("*.npz"))
     if not npz:
         raise SemisamError(f"no <case>.npz probability files in {probs_dir}; predict with --save_probabilities")
-    n_ch = len(dj.get("channel_names", {"0": ""}))
+    channel_names = dj.get("channel_names", {"0": ""})
+    n_ch = len(channel_names)
     examples = sorted(images_dir.glob(f"*_0000{ending}"))
     if not examples:
         raise SemisamError(f"no images named <case>_0000{ending} in {images_dir}")
     io = RawDataset(images_dir, dj, None, example_file=examples[0])  # reader/writer only: no labels here
-    labeler = build_pseudolabeler(cfg, ignore_label=ignore, channel_names=dj.get("channel_names", {"0": ""}),
+    labeler = build_pseudolabeler(cfg, ignore_label=ignore, channel_names=channel_names,
                                   cache_dir=cfg.teacher.cache_dir)
 
     def adapt() -> None:

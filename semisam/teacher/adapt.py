@@ -37,7 +37,13 @@ from tqdm.auto import tqdm
 from semisam.teacher.cache import EmbeddingCache, image_digest
 from semisam.teacher.models import SamModel
 from semisam.teacher.predictor import decode_prompts
-from semisam.teacher.preprocess import IntensityRule, TransformInfo, boxes_to_input, postprocess_logits
+from semisam.teacher.preprocess import (
+    IntensityRule,
+    TransformInfo,
+    boxes_to_input,
+    is_teacher_image,
+    postprocess_logits,
+)
 from semisam.utils.errors import SemisamError
 from semisam.utils.io import atomic_write_path, write_failure
 
@@ -133,8 +139,7 @@ def _prepare_views(model: SamModel, cache: EmbeddingCache, labeled, classes, aug
     views = []
     for idx, (image, label) in enumerate(labeled):
         image, label = np.asarray(image), np.asarray(label)
-        rgb = image.ndim == 3 and image.shape[0] == 3
-        if not (image.ndim == 2 or rgb) or label.ndim != 2 or label.shape != image.shape[-2:]:
+        if not is_teacher_image(image) or label.ndim != 2 or label.shape != image.shape[-2:]:
             raise SemisamError(f"labeled case {idx}: image {image.shape} and label {label.shape} must be on the same 2D "
                                "(H, W) grid (a grey (H, W) or RGB (3, H, W) image, an (H, W) label)")
         if not np.issubdtype(label.dtype, np.integer) and not np.array_equal(label, np.round(label)):

@@ -24,6 +24,7 @@ from semisam.teacher.preprocess import (
     boxes_to_input,
     check_unit_image,
     coords_to_input,
+    is_teacher_image,
     postprocess_logits,
 )
 from semisam.utils.errors import SemisamError
@@ -122,7 +123,7 @@ class SamTeacher:
         """Apply the teacher's intensity rule: ``(H, W)`` grey or ``(3, H, W)`` RGB raw → float32 ``[0, 1]`` (an
         RGB image gets one mapping for its three channels)."""
         image_2d = np.asarray(image_2d)
-        if not (image_2d.ndim == 2 or (image_2d.ndim == 3 and image_2d.shape[0] == 3)):
+        if not is_teacher_image(image_2d):
             raise SemisamError(f"the teacher takes 2D grey (H, W) or RGB (3, H, W) images (slice 3D volumes), "
                                f"got shape {image_2d.shape}")
         return check_unit_image(image_2d) if self.intensity is None else self.intensity.apply(image_2d)

@@ -196,6 +196,11 @@ class TeacherView:
         return bool(sel.size) and sel.min() == sel.max()
 
 
+def is_teacher_image(image: np.ndarray) -> bool:
+    """Whether ``image`` has a 2D teacher image's shape: grey ``(H, W)`` or RGB ``(3, H, W)``."""
+    return image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 3)
+
+
 def check_unit_image(image01: np.ndarray) -> np.ndarray:
     """Check an already-mapped 2D image, grey ``(H, W)`` or RGB ``(3, H, W)``: finite, values in ``[0, 1]``;
     return it as float32 of the same shape.
@@ -204,7 +209,7 @@ def check_unit_image(image01: np.ndarray) -> np.ndarray:
         SemisamError: wrong shape, NaN/Inf, or values outside ``[0, 1]``.
     """
     image01 = np.asarray(image01)
-    if not (image01.ndim == 2 or (image01.ndim == 3 and image01.shape[0] == 3)) or min(image01.shape) < 1:
+    if not is_teacher_image(image01) or min(image01.shape) < 1:
         raise SemisamError(f"expected a 2D grey (H, W) or RGB (3, H, W) image, got shape {image01.shape}")
     image01 = image01.astype(np.float32, copy=False)
     check_finite(image01)
