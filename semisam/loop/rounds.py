@@ -396,7 +396,8 @@ class Experiment:
                 self.dataset.write_seg(res.pseudo, props, f)
             rows.append((i, (case.case_id, res.stats, None if f is None else str(f))))
             if i < self.cfg.loop.gallery_cases:
-                gallery.append((i, {"case_id": case.case_id, "image": image[0], "student": res.student,
+                gallery.append((i, {"case_id": case.case_id, "image": labeler.view.select(image),  # what SAM saw
+                                    "rgb": len(labeler.view.channels) == 3, "student": res.student,
                                     "teacher": res.teacher, "pseudo": res.pseudo}))
             # Analysis only, after this case's pseudo-label is made and written: the hidden label is read for
             # scoring into running sums, and nothing read from it feeds back (teacher, filters, later cases).

@@ -1,6 +1,6 @@
 """Overlay gallery: a PNG with one row per case, columns image / student / SAM / fused-accepted.
 
-Labels are drawn as translucent colour fills with contours over the grey image (class k gets colour k of
+Labels are drawn as translucent colour fills with contours over the image (grey, or colour for an RGB case) (class k gets colour k of
 matplotlib's ``tab10``); in the fused column, pixels set to the ignore label (rejected) are shown as a grey
 hatched area.
 """
@@ -65,21 +65,29 @@ def label_rgba(labels_yx: np.ndarray, ignore_label: int | None, alpha: float = 0
 
 
 def _to_2d(item: Mapping[str, Any]) -> dict[str, np.ndarray | None]:
-    """Squeeze leading singleton axes; for a 3D case keep the slice with the most student foreground."""
+    """Squeeze leading singleton axes; for a 3D case keep the slice with the most student foreground. An RGB
+    item (``rgb`` true: ``image`` is ``(3, [Z,] Y, X)``) comes back as a ``(Y, X, 3)`` colour image."""
     arrays = {k: None if item.get(k) is None else np.asarray(item[k]) for k in ("image", "student", "teacher", "pseudo")}
     if arrays["image"] is None:
         raise ValueError(f"gallery item {item.get('case_id')!r} has no image")
+    rgb = bool(item.get("rgb"))
+    if rgb:
+        if arrays["image"].ndim not in (3, 4) or arrays["image"].shape[0] != 3:
+            raise ValueError(f"gallery item {item.get('case_id')!r}: an RGB image is (3, [Z,] Y, X), "
+                             f"got {arrays['image'].shape}")
+        arrays["image"] = np.moveaxis(arrays["image"], 0, -1)  # colour last: slicing below sees ([Z,] Y, X, 3)
     for key, arr in arrays.items():
-        while arr is not None and arr.ndim > 2 and arr.shape[0] == 1:
+        while arr is not None and arr.ndim > 2 + (rgb and key == "image") and arr.shape[0] == 1:
             arr = arr[0]
         arrays[key] = arr
     image = arrays["image"]
-    if image.ndim == 3:  # (Z, Y, X): pick one slice for all arrays
+    if image.ndim == 3 + rgb:  # (Z, Y, X): pick one slice for all arrays
         ref = next((arrays[k] for k in ("student", "pseudo", "teacher") if arrays[k] is not None), None)
         z = int(np.argmax((ref > 0).sum(axis=(1, 2)))) if ref is not None and ref.ndim == 3 else image.shape[0] // 2
-        arrays = {k: None if a is None else (a[z] if a.ndim == 3 else a) for k, a in arrays.items()}
+        arrays = {k: None if a is None else (a[z] if a.ndim == 3 + (rgb and k == "image") else a)
+                  for k, a in arrays.items()}
     for key, arr in arrays.items():
-        if arr is not None and arr.shape != arrays["image"].shape:
+        if key != "image" and arr is not None and arr.shape != arrays["image"].shape[:2]:
             raise ValueError(f"gallery item {item.get('case_id')!r}: {key} has shape {arr.shape}, "
                              f"image has {arrays['image'].shape}")
     return arrays
@@ -114,7 +122,8 @@ def overlay_gallery(
     """Draw up to ``max_cases`` cases, one row each, and write one PNG atomically.
 
     Args:
-        items: dicts with ``case_id`` (str), ``image`` (Y, X) float, ``student`` (Y, X) int labels,
+        items: dicts with ``case_id`` (str), ``image`` (Y, X) float (``(3, Y, X)`` with ``rgb`` true: drawn in
+            colour, the three channels scaled together), ``student`` (Y, X) int labels,
             ``teacher`` (Y, X) int labels from SAM (or None: drawn as "n/a"), ``pseudo`` (Y, X) int fused
             pseudo-label where rejected pixels carry ``ignore_label``. Leading singleton axes are squeezed;
             (Z, Y, X) arrays are shown at the slice with the most foreground.

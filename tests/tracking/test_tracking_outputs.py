@@ -69,6 +69,27 @@ def test_overlay_gallery_rows_and_ignore_colour(tmp_path):
         overlay_gallery([dict(item, student=disc[:40])], 2, tmp_path / "bad.png")
 
 
+def test_overlay_gallery_draws_an_rgb_case_in_colour(tmp_path):
+    """An RGB case (what the teacher sees of an RGB dataset) is drawn in colour, its channels scaled together: a
+    red disc on a green field stays red on green in the image column; a grey case of the same layout has no
+    colour there."""
+    yy, xx = np.mgrid[:48, :48]
+    disc = ((yy - 24) ** 2 + (xx - 24) ** 2 < 100).astype(np.int64)
+    rgb = np.stack([200.0 * disc, 120.0 * (1 - disc), np.zeros((48, 48))])[:, None]  # (3, Z=1, Y, X), 0..255 scale
+    item = {"case_id": "rgb", "image": rgb, "rgb": True, "student": disc[None], "teacher": disc[None],
+            "pseudo": disc[None]}
+    png = imread(overlay_gallery([item], ignore_label=None, out_file=tmp_path / "rgb.png"))[..., :3]
+    grey = imread(overlay_gallery([dict(item, image=rgb[0], rgb=False)], None, tmp_path / "grey.png"))[..., :3]
+    first_column = png[:, : png.shape[1] // 4]
+    red = (first_column[..., 0] > 0.8) & (first_column[..., 1] < 0.2)
+    green = (first_column[..., 1] > 0.4) & (first_column[..., 0] < 0.2)
+    assert red.sum() > 100 and green.sum() > 100, (red.sum(), green.sum())
+    spread = grey[:, : grey.shape[1] // 4].max(-1) - grey[:, : grey.shape[1] // 4].min(-1)
+    assert spread.max() < 0.05  # the grey image column has no colour
+    with pytest.raises(ValueError, match="RGB image"):
+        overlay_gallery([dict(item, image=rgb[:2])], None, tmp_path / "bad.png")
+
+
 def test_report_has_a_row_per_round_and_the_delta(tmp_path):
     plots = plot_rounds(records(), tmp_path / "plots")
     path = write_report(tmp_path, records(), "loop:\n  rounds: 2\n", plots, selected=2, selection="last")
