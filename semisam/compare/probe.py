@@ -40,8 +40,11 @@ say = speaker("probe")
 
 def find_runs(compare_dir: Path, method: str, pattern: str = "draw*_seed*") -> list[Path]:
     """The run folders of ``method`` in a compare folder (names matching ``pattern``) that hold a round-0
-    prediction of the unlabeled cases."""
-    root = compare_dir / "runs" / method
+    prediction of the unlabeled cases. ``method`` is the word given to ``semisam compare``
+    (``"corrector filters.fusion=weighted"``) or its folder name (``corrector__filters.fusion-weighted``)."""
+    from semisam.compare.methods import slugify
+
+    root = compare_dir / "runs" / slugify(method)
     runs = sorted(d for d in root.glob(pattern) if (d / "round_00" / "pred_unlabeled").is_dir()
                   and (d / "config.yaml").is_file())
     if not runs:
@@ -225,7 +228,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="recipes with overrides, quoted: samdsk \"samdsk filters.fusion=union\" (prompts and filters "
                         "are taken from them)")
     p.add_argument("--out", required=True, type=Path, help="folder for probe.md, probe.json and per-run results")
-    p.add_argument("--method", default="samdsk", help="the loop method whose round-0 students are probed")
+    p.add_argument("--method", default="samdsk", help="the loop method whose round-0 students are probed: its word "
+                                                   "as given to `semisam compare`, quoted, or its folder name")
     p.add_argument("--runs", default="draw*_seed*", help="which of its runs (a name pattern; default all, e.g. "
                                                          "'draw*_seed0' for one seed per labeled draw)")
     return p

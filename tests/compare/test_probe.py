@@ -3,6 +3,7 @@ labels: a student whose outlines are too tight), a tiny random SAM, rules scored
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,18 @@ def test_probe_scores_rules_against_the_student_and_resumes(compare_dir, tmp_pat
     stamp = per_run.stat().st_mtime_ns
     again = probe(compare_dir, out, *rules)
     assert again.returncode == 0 and per_run.stat().st_mtime_ns == stamp  # finished rules are not recomputed
+
+
+def test_probe_finds_a_method_by_its_compare_word_or_its_folder(compare_dir):
+    from semisam.compare.probe import find_runs
+
+    word = "samdsk filters.fusion=union"  # as given to `semisam compare --methods`, and its folder name
+    folder = compare_dir / "runs" / "samdsk__filters.fusion-union" / "draw0_seed0"
+    (folder / "round_00" / "pred_unlabeled").mkdir(parents=True)
+    (folder / "config.yaml").write_text("{}")
+    assert find_runs(compare_dir, word) == find_runs(compare_dir, "samdsk__filters.fusion-union") == [folder]
+    assert find_runs(compare_dir, "samdsk") == [compare_dir / "runs" / "samdsk" / "draw0_seed0"]
+    shutil.rmtree(folder.parent)  # the module's compare folder as the other tests expect it
 
 
 def test_probe_bad_input_is_one_line(compare_dir, tmp_path):
