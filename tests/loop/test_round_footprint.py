@@ -126,6 +126,9 @@ class CountingLabeler:
     adaptable = False
 
     def __init__(self):
+        from semisam.teacher.preprocess import TeacherView
+
+        self.view = TeacherView()  # what the teacher sees (the gallery draws it)
         self.refs: list[weakref.ref] = []
         self.alive_at_call: list[int] = []
 
