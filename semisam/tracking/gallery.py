@@ -1,8 +1,8 @@
 """Overlay gallery: a PNG with one row per case, columns image / student / SAM / fused-accepted.
 
-Labels are drawn as translucent colour fills with contours over the image (grey, or colour for an RGB case) (class k gets colour k of
-matplotlib's ``tab10``); in the fused column, pixels set to the ignore label (rejected) are shown as a grey
-hatched area.
+Labels are drawn as translucent colour fills with contours over the image, grey or, for an RGB case, in colour
+(class k gets colour k of matplotlib's ``tab10``); in the fused column, pixels set to the ignore label
+(rejected) are shown as a grey hatched area.
 """
 from __future__ import annotations
 
@@ -71,25 +71,26 @@ def _to_2d(item: Mapping[str, Any]) -> dict[str, np.ndarray | None]:
     if arrays["image"] is None:
         raise ValueError(f"gallery item {item.get('case_id')!r} has no image")
     rgb = bool(item.get("rgb"))
-    if rgb:
+    if rgb:  # each colour channel goes through the same squeezing and slicing as a grey image
         if arrays["image"].ndim not in (3, 4) or arrays["image"].shape[0] != 3:
             raise ValueError(f"gallery item {item.get('case_id')!r}: an RGB image is (3, [Z,] Y, X), "
                              f"got {arrays['image'].shape}")
-        arrays["image"] = np.moveaxis(arrays["image"], 0, -1)  # colour last: slicing below sees ([Z,] Y, X, 3)
+        arrays.update({f"image{c}": arrays["image"][c] for c in range(3)}, image=arrays["image"][0])
     for key, arr in arrays.items():
-        while arr is not None and arr.ndim > 2 + (rgb and key == "image") and arr.shape[0] == 1:
+        while arr is not None and arr.ndim > 2 and arr.shape[0] == 1:
             arr = arr[0]
         arrays[key] = arr
     image = arrays["image"]
-    if image.ndim == 3 + rgb:  # (Z, Y, X): pick one slice for all arrays
+    if image.ndim == 3:  # (Z, Y, X): pick one slice for all arrays
         ref = next((arrays[k] for k in ("student", "pseudo", "teacher") if arrays[k] is not None), None)
         z = int(np.argmax((ref > 0).sum(axis=(1, 2)))) if ref is not None and ref.ndim == 3 else image.shape[0] // 2
-        arrays = {k: None if a is None else (a[z] if a.ndim == 3 + (rgb and k == "image") else a)
-                  for k, a in arrays.items()}
+        arrays = {k: None if a is None else (a[z] if a.ndim == 3 else a) for k, a in arrays.items()}
     for key, arr in arrays.items():
-        if key != "image" and arr is not None and arr.shape != arrays["image"].shape[:2]:
+        if arr is not None and arr.shape != arrays["image"].shape:
             raise ValueError(f"gallery item {item.get('case_id')!r}: {key} has shape {arr.shape}, "
                              f"image has {arrays['image'].shape}")
+    if rgb:
+        arrays["image"] = np.stack([arrays.pop(f"image{c}") for c in range(3)], axis=-1)
     return arrays
 
 
