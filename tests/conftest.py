@@ -8,13 +8,3 @@ os.environ.setdefault("nnUNet_n_proc_DA", "0")
 # `make test` runs the suite in 2 pytest-xdist workers (one per core): one thread each, as two torch processes
 # with 2 threads each on 2 cores slow each other many times over; a lone pytest process takes both cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1" if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else "2")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Files with the most slow tests first (stable otherwise): a worker that takes a whole file at a time
-    (``--dist loadfile``) then starts the longest files at once and ends on short ones, instead of one worker
-    finishing a long file alone at the end. No test depends on another file's running before it."""
-    from collections import Counter
-
-    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.path])
