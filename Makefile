@@ -20,9 +20,6 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DATA ?= data/Dataset501_Nuclei
 PYTEST_ARGS ?=
-# The suite runs in TEST_JOBS pytest-xdist workers, a test file per worker at a time (module fixtures are built
-# once); TEST_JOBS=0 runs it in one process.
-TEST_JOBS ?= 2
 
 .PHONY: venv demo test test-fast bench bench-compare bench-levers clean-venv
 
@@ -40,12 +37,12 @@ demo: venv
 
 # The test command (README and .ci/run): the whole suite, slow end-to-end tests included.
 test: venv
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # Quick inner loop while developing: everything but the tests marked slow.
 test-fast: venv
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The committed comparison (docs/benchmarks.md, sections 3, 5 and 6): supervised, full, selftrain, samdsk, corrector and the
 # online methods (the second call reports them paired with mean_teacher: the SAM term's own contribution) on
