@@ -53,6 +53,44 @@ def make_group_split(groups: Mapping[str, str], *, labeled: int | None = None, r
                  ratio=drawn.ratio, source=source)
 
 
+def _training_cases(src: RawDataset) -> tuple[dict[str, tuple[Path, ...]], dict[str, Path]]:
+    """Training case id -> image files, and -> label file (hidden labels count: re-splitting a semisam dataset).
+
+    Raises:
+        SemisamError: a training case without any label.
+    """
+    images = {c.case_id: c.image_files for c in src.unlabeled_cases()}
+    labels = {}
+    for case in src.labeled_cases():
+        images[case.case_id] = case.image_files
+        labels[case.case_id] = case.label_file
+    for cid in images:
+        if cid not in labels and src.hidden_label_file(cid) is not None:
+            labels[cid] = src.hidden_label_file(cid)  # re-splitting a semisam dataset
+    unlabeled = sorted(set(images) - set(labels))
+    if unlabeled:
+        raise SemisamError(f"{src.root} is not fully labeled: {len(unlabeled)} training case(s) without a label, "
+                           f"e.g. '{unlabeled[0]}'")
+    return images, labels
+
+
+def draw_split(src: RawDataset, *, labeled: int | None = None, ratio: float | None = None, seed: int = 0) -> Split:
+    """The split :func:`split_dataset` writes for these arguments (by whole groups where the dataset has
+    ``case_groups``), drawn without writing anything.
+
+    Raises:
+        SemisamError: as :func:`split_dataset`, for the source and the draw.
+    """
+    images, _ = _training_cases(src)
+    test = sorted(_channel_files(src.root / "imagesTs", src.file_ending))
+    groups = src.dataset_json.get(GROUPS_KEY)
+    if isinstance(groups, dict):
+        return make_group_split({cid: groups.get(cid, cid) for cid in images}, labeled=labeled, ratio=ratio,
+                                seed=seed, test=test, source=f"split of {src.name} by case_groups")
+    return make_split(sorted(images), labeled=labeled, ratio=ratio, seed=seed, test=test,
+                      source=f"split of {src.name}")
+
+
 def split_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, labeled: int | None = None,
                   ratio: float | None = None, seed: int = 0, overwrite: bool = False, verify: bool = False) -> Path:
     """Write a copy of ``raw_dir`` to ``out_dir`` with only ``labeled`` (or ``ratio`` of the) training cases
@@ -67,27 +105,10 @@ def split_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, lab
     out_dir = Path(out_dir)
     if out_dir.resolve() == src.root.resolve():
         raise SemisamError("--out must differ from the source dataset (split never edits a dataset in place)")
-    images = {c.case_id: c.image_files for c in src.unlabeled_cases()}
-    labels = {}
-    for case in src.labeled_cases():
-        images[case.case_id] = case.image_files
-        labels[case.case_id] = case.label_file
-    for cid in images:
-        if cid not in labels and src.hidden_label_file(cid) is not None:
-            labels[cid] = src.hidden_label_file(cid)  # re-splitting a semisam dataset
-    unlabeled = sorted(set(images) - set(labels))
-    if unlabeled:
-        raise SemisamError(f"{src.root} is not fully labeled: {len(unlabeled)} training case(s) without a label, "
-                           f"e.g. '{unlabeled[0]}'")
+    images, labels = _training_cases(src)
+    split = draw_split(src, labeled=labeled, ratio=ratio, seed=seed)
     test_images = _channel_files(src.root / "imagesTs", src.file_ending)
     test_labels = {cid: src.root / "labelsTs" / f"{cid}{src.file_ending}" for cid in test_images}
-    groups = src.dataset_json.get(GROUPS_KEY)
-    if isinstance(groups, dict):
-        split = make_group_split({cid: groups.get(cid, cid) for cid in images}, labeled=labeled, ratio=ratio,
-                                 seed=seed, test=sorted(test_images), source=f"split of {src.name} by case_groups")
-    else:
-        split = make_split(sorted(images), labeled=labeled, ratio=ratio, seed=seed, test=sorted(test_images),
-                           source=f"split of {src.name}")
     cases = [CaseData(cid, images[cid], labels[cid]) for cid in sorted(images)]
     tests = [CaseData(cid, test_images[cid], test_labels[cid] if test_labels[cid].is_file() else None)
              for cid in sorted(test_images)]

@@ -122,6 +122,25 @@ def check_source(spec: CompareSpec):
     return src
 
 
+def check_draws(spec: CompareSpec, src) -> None:
+    """Refuse two labeled draws that label the same cases (likely with few labeled cases: one tile of 40 is the
+    same tile in two draws one time in 40): their runs would count one draw twice in every paired interval.
+
+    Raises:
+        SemisamError: one line naming the two draws and a way out.
+    """
+    from data_prep.split import draw_split
+
+    seen: dict[frozenset, int] = {}
+    for d in spec.draws:
+        cases = frozenset(draw_split(src, labeled=spec.labeled, ratio=spec.ratio, seed=d).labeled)
+        if cases in seen:
+            named = ", ".join(sorted(cases)[:3]) + (", ..." if len(cases) > 3 else "")
+            raise SemisamError(f"--labeled-draws {seen[cases]} and {d} label the same case(s) ({named}): their pairs "
+                               f"would count one draw twice; drop {d} or give another draw seed")
+        seen[cases] = d
+
+
 def spec_record(spec: CompareSpec) -> dict[str, Any]:
     """What ties ``--out`` to one comparison. Methods, seeds and draws may grow between invocations."""
     return {"dataset": str(spec.dataset.resolve()), "dataset_identity": dataset_identity(spec.dataset),
@@ -371,7 +390,7 @@ def run_compare(spec: CompareSpec, argv: list[str] | None = None) -> dict[str, A
     from semisam.compare.report import summarize, write_outputs
 
     t0 = time.time()
-    check_source(spec)
+    check_draws(spec, check_source(spec))
     check_out_folder(spec)
     cells = plan(spec)
     labels = list(dict.fromkeys(c.method.label for c in cells))

@@ -174,6 +174,28 @@ def test_bad_spec(dataset, tmp_path, kw, words):
     assert words in str(e.value)
 
 
+def test_two_draws_that_label_the_same_cases_are_refused_before_anything_is_written(dataset, tmp_path):
+    from data_prep.split import draw_split, split_dataset
+    from semisam.compare.runner import check_draws, run_compare
+    from semisam.data import RawDataset
+
+    src = RawDataset.open(dataset)
+    labeled = {d: draw_split(src, labeled=1, seed=d).labeled for d in range(7)}  # 6 training cases: 7 draws collide
+    first = {}
+    for d, cases in labeled.items():
+        first.setdefault(cases, d)
+    a, b = next((first[cases], d) for d, cases in labeled.items() if first[cases] != d)
+    out = tmp_path / "out"
+    with pytest.raises(SemisamError, match=rf"--labeled-draws {a} and {b} label the same case\(s\) \({labeled[a][0]}\)"):
+        run_compare(spec(dataset, out, labeled=1, draws=list(range(7))))
+    assert not out.exists()
+    distinct = sorted(first.values())[:2]  # draws with different labeled cases pass the check
+    check_draws(spec(dataset, out, labeled=1, draws=distinct), src)
+    # the draw is the one split_dataset writes
+    written = RawDataset.open(split_dataset(dataset, tmp_path / "draw", labeled=1, seed=b))
+    assert tuple(c.case_id for c in written.labeled_cases()) == labeled[b]
+
+
 def test_dataset_without_test_cases_is_refused(tmp_path):
     ds = make_synthetic(tmp_path / "Dataset900_Synthetic", n_train=6, n_labeled=2, n_test=0, size=32)
     with pytest.raises(SemisamError, match="no test cases"):
