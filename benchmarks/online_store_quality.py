@@ -34,14 +34,14 @@ def configuration_of(preprocessed: Path, identifier: str):
     raise SystemExit(f"error: no plans in {preprocessed} have a configuration with data identifier {identifier}")
 
 
-def score_run(run_dir: Path) -> dict:
-    import numpy as np
-    import torch
+def run_store(run_dir: Path):
+    """An online run's pseudo-label store and what scores it: ``(store folder, dataset, configuration,
+    hidden)``, where ``hidden(case)`` is the case's hidden label run through the run's nnU-Net preprocessing
+    (``(1, *spatial)``, aligned with the store; -1 outside nnU-Net's crop)."""
     import yaml
 
     from semisam.data import RawDataset
-    from semisam.eval.metrics import PooledDice
-    from semisam.online.unlabeled import SUFFIX, decode_store, read_store, store_cases, store_epoch
+    from semisam.online.unlabeled import SUFFIX
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     data = RawDataset.open(cfg["dataset"]["raw_dir"])
@@ -52,15 +52,30 @@ def score_run(run_dir: Path) -> dict:
     plans, config = configuration_of(store.parent, store.name[: -len(SUFFIX)])
     preprocessor = config.preprocessor_class(verbose=False)
     images = {c.case_id: c.image_files for c in data.unlabeled_cases()}
-    labels = {k: v for k, v in data.labels.items() if v != 0}
-    dice = PooledDice(labels)
+
+    def hidden(case: str):
+        label = data.hidden_label_file(case)
+        if label is None:
+            raise SystemExit(f"error: unlabeled case {case} has no hidden label in {data.root}")
+        _, seg, _ = preprocessor.run_case([str(f) for f in images[case]], str(label), plans, config,
+                                          data.dataset_json)
+        return seg
+
+    return store, data, config, hidden
+
+
+def score_run(run_dir: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from semisam.eval.metrics import PooledDice
+    from semisam.online.unlabeled import decode_store, read_store, store_cases, store_epoch
+
+    store, data, _, hidden = run_store(run_dir)
+    dice = PooledDice({k: v for k, v in data.labels.items() if v != 0})
     kept = fg_pseudo = fg_true = total = 0
     for case in store_cases(store) or []:
-        hidden = data.hidden_label_file(case)
-        if hidden is None:
-            raise SystemExit(f"error: unlabeled case {case} has no hidden label in {data.root}")
-        _, seg, _ = preprocessor.run_case([str(f) for f in images[case]], str(hidden), plans, config,
-                                          data.dataset_json)
+        seg = hidden(case)
         target = decode_store(torch.from_numpy(read_store(store, case)), -1).numpy()
         keep = target >= 0
         dice.add(np.where(keep, target, 0), seg, keep=keep)

@@ -6,7 +6,8 @@
   dataset folder, ``--c`` continuation (EMA teacher, records and store restored), ``nnUNetv2_predict``;
   with every hidden label of the unlabeled cases replaced by bytes no reader accepts (the teacher never reads
   one); bad continuation checkpoints and settings files are one line;
-* the ``semisam run`` way in, on a 3D dataset (the teacher slice-wise), with the epoch records in W&B live.
+* the ``semisam run`` way in, on a 3D dataset (the teacher slice-wise), with the epoch records in W&B live;
+  after it, benchmarks/online_store_quality.py scores the store against the hidden labels (known answer: 1).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from semisam.student import NnUNetStudent
 from semisam.utils.errors import SemisamError
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 # the tiny random SAM (plumbing, not quality), the SAM term from the first epoch; adapted only in the 3D run
 SAM_RECIPE = ["experiment=semisam", "teacher=tiny_random", "prompts=box", "filters=student",
@@ -334,3 +336,22 @@ def test_semisam_run_online_on_3d_with_live_wandb(tmp_path):
     for key in ("train_live/consistency", "train_live/lambda_c", "train_live/lambda_s", "train_live/sam_pixels",
                 "train_live/refresh_kept_fraction", "train_live/pseudo_dice", "train_live/ema_pseudo_dice"):
         assert key in live[-1], key
+
+    # after the run, benchmarks/online_store_quality.py scores the store the SAM term trained on against the hidden
+    # labels, through nnU-Net's preprocessing of this 3D run; rewritten with the hidden labels themselves, the
+    # store scores 1 (store and hidden labels are aligned voxel for voxel)
+    import importlib.util
+
+    from semisam.online.unlabeled import encode_store, store_cases, store_epoch, write_store
+
+    spec = importlib.util.spec_from_file_location("online_store_quality", REPO / "benchmarks" / "online_store_quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    scored = quality.score_run(run_dir)
+    assert scored["cases"] == 3 and scored["refreshed_at_epoch"] == store_epoch(quality.run_store(run_dir)[0])
+    assert 0 < scored["kept"] <= 1 and 0 <= scored["dice_kept"] <= 1 and 0 < scored["fg_true"] < 1
+    store, _, config, hidden = quality.run_store(run_dir)
+    write_store(store, {case: encode_store(hidden(case), ignore_label=-1) for case in store_cases(store)},
+                epoch=99, patch_size=config.patch_size)
+    truth = quality.score_run(run_dir)
+    assert truth["dice_kept"] == 1.0 and truth["fg_pseudo"] == truth["fg_true"] and truth["refreshed_at_epoch"] == 99
