@@ -19,37 +19,27 @@ import json
 from pathlib import Path
 
 
-def configuration_of(preprocessed: Path, identifier: str):
-    """nnU-Net's plans and the configuration whose data identifier names the store's folder."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    for plans_file in sorted(preprocessed.glob("*.json")):
-        if plans_file.name in ("dataset.json", "dataset_fingerprint.json"):
-            continue
-        plans = PlansManager(str(plans_file))
-        for name in plans.available_configurations:
-            config = plans.get_configuration(name)
-            if config.data_identifier == identifier:
-                return plans, config
-    raise SystemExit(f"error: no plans in {preprocessed} have a configuration with data identifier {identifier}")
-
-
 def run_store(run_dir: Path):
     """An online run's pseudo-label store and what scores it: ``(store folder, dataset, configuration,
     hidden)``, where ``hidden(case)`` is the case's hidden label run through the run's nnU-Net preprocessing
     (``(1, *spatial)``, aligned with the store; -1 outside nnU-Net's crop)."""
     import yaml
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from semisam.data import RawDataset
-    from semisam.online.unlabeled import SUFFIX
+    from semisam.online.unlabeled import unlabeled_folder
+    from semisam.student.driver import DEFAULT_PLANS
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     data = RawDataset.open(cfg["dataset"]["raw_dir"])
-    stores = sorted((run_dir / "round_00" / "nnunet" / "nnUNet_preprocessed").glob(f"*/*{SUFFIX}"))
-    if not stores:
-        raise SystemExit(f"error: {run_dir} holds no pseudo-label store (*{SUFFIX}); is it an online run?")
-    store = stores[0]
-    plans, config = configuration_of(store.parent, store.name[: -len(SUFFIX)])
+    plans_files = sorted((run_dir / "round_00" / "nnunet" / "nnUNet_preprocessed").glob(f"*/{DEFAULT_PLANS}.json"))
+    if not plans_files:
+        raise SystemExit(f"error: {run_dir} holds no nnU-Net plans ({DEFAULT_PLANS}.json); is it a finished run?")
+    plans = PlansManager(str(plans_files[0]))
+    config = plans.get_configuration(cfg["student"]["configuration"])
+    store = unlabeled_folder(plans_files[0].parent / config.data_identifier)
+    if not store.is_dir():
+        raise SystemExit(f"error: {run_dir} holds no pseudo-label store ({store}); is it an online run?")
     preprocessor = config.preprocessor_class(verbose=False)
     images = {c.case_id: c.image_files for c in data.unlabeled_cases()}
 

@@ -347,10 +347,10 @@ def test_semisam_run_online_on_3d_with_live_wandb(tmp_path):
     spec = importlib.util.spec_from_file_location("online_store_quality", REPO / "benchmarks" / "online_store_quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
-    scored = quality.score_run(run_dir)
-    assert scored["cases"] == 3 and scored["refreshed_at_epoch"] == store_epoch(quality.run_store(run_dir)[0])
-    assert 0 < scored["kept"] <= 1 and 0 <= scored["dice_kept"] <= 1 and 0 < scored["fg_true"] < 1
     store, _, config, hidden = quality.run_store(run_dir)
+    scored = quality.score_run(run_dir)
+    assert scored["cases"] == 3 and scored["refreshed_at_epoch"] == store_epoch(store)
+    assert 0 < scored["kept"] <= 1 and 0 <= scored["dice_kept"] <= 1 and 0 < scored["fg_true"] < 1
     write_store(store, {case: encode_store(hidden(case), ignore_label=-1) for case in store_cases(store)},
                 epoch=99, patch_size=config.patch_size)
     truth = quality.score_run(run_dir)
