@@ -298,6 +298,9 @@ class OnlineConfig:
     # weight each SAM pseudo-label pixel in the SAM term's CE + Dice by SAM's confidence there, 2|p - 0.5| of its
     # mask probability (stored in 5 levels: 0, 0.25, ..., 1); false: every kept pixel counts fully
     sam_confidence: bool = False
+    # whose predictions prompt SAM for the SAM term: the EMA teacher's, or the student network's own (at short
+    # budgets the EMA teacher lags the student, and its outlines become SAM's prompts)
+    sam_prompter: str = choice("ema", "ema", "student")
     ema_decay: float = bounded(0.99, 0.0, 0.99999)
     teacher_noise: float = bounded(0.1, 0.0)  # mean_teacher: std of the noise on the teacher's input
     confidence: float = prob(0.95)  # weak_strong: teacher confidence from which a pixel supervises

@@ -496,7 +496,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         self._iteration = 0
         self._refresh_stats = {}
         if self.online and self._sam_due():
-            network = self.ema.module if self.ema is not None else self.network
+            network = self.ema.module if self.semisam_online.sam_prompter == "ema" else self.network
             if self._resumed_store_epoch is not None:
                 self.print_to_log_file(f"semisam: the pseudo-label store was refreshed at epoch "
                                        f"{self._resumed_store_epoch}, after the checkpoint; refreshing it again")
@@ -538,10 +538,15 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         xu = unl.data.to(self.device, non_blocking=True)
         codes = unl.pseudo[0].to(self.device, non_blocking=True)  # the store's values (decoded after CutMix)
         stats = dict.fromkeys(STEP_STATS, np.nan)
-        if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by the EMA teacher
+        if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by online.sam_prompter
             from semisam.online.sam_term import sam_on_patches
 
-            codes, sam_stats = sam_on_patches(self._sam_labeler, xu, torch.softmax(self.ema(xu).float(), 1),
+            if o.sam_prompter == "ema":
+                prompter_logits = self.ema(xu)
+            else:
+                with torch.no_grad():
+                    prompter_logits = first(self.network(xu)).detach()
+            codes, sam_stats = sam_on_patches(self._sam_labeler, xu, torch.softmax(prompter_logits.float(), 1),
                                               o.sam_confidence)
             stats.update(sam_stats)
         self.optimizer.zero_grad(set_to_none=True)
@@ -552,7 +557,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 noise = torch.clamp(torch.randn_like(xu) * o.teacher_noise, -2 * o.teacher_noise, 2 * o.teacher_noise)
                 teacher_logits = self.ema(xu + noise)
             elif lam_c > 0 and o.consistency == "weak_strong":
-                if self.ema is not None:
+                if o.weak_teacher == "ema":
                     weak_logits = self.ema(xu)
                 else:
                     with torch.no_grad():

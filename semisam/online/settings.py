@@ -59,6 +59,8 @@ class OnlineSettings:
             raise SemisamError(f"online.consistency={self.consistency!r}; choose one of {', '.join(CONSISTENCY_KINDS)}")
         if self.weak_teacher not in ("ema", "student"):
             raise SemisamError(f"online.weak_teacher={self.weak_teacher!r}; choose ema or student")
+        if self.sam_prompter not in ("ema", "student"):
+            raise SemisamError(f"online.sam_prompter={self.sam_prompter!r}; choose ema or student")
         if self.sam_mode not in ("refresh", "iteration"):
             raise SemisamError(f"online.sam_mode={self.sam_mode!r}; choose refresh or iteration")
         if self.sam_refresh_every < 1:
@@ -73,7 +75,7 @@ class OnlineSettings:
 
     @property
     def needs_ema(self) -> bool:
-        return self.enabled and (self.consistency == "mean_teacher" or self.sam_weight.on
+        return self.enabled and (self.consistency == "mean_teacher" or (self.sam_weight.on and self.sam_prompter == "ema")
                                  or (self.consistency == "weak_strong" and self.weak_teacher == "ema"))
 
     @classmethod

@@ -198,6 +198,38 @@ def test_sam_confidence_rides_in_the_store_and_weights_the_term(planned):
     assert 0 <= float(torch.cat([store_weights(c).flatten() for c in stores[True].values()]).max()) <= 0.25
 
 
+@pytest.mark.parametrize("prompter", ["ema", "student"])
+def test_sam_prompter_chooses_whose_predictions_prompt_sam(planned, prompter):
+    """online.sam_prompter: the refresh prompts SAM from the EMA teacher's predictions or from the student's.
+    The two networks are made to disagree completely (the student says background everywhere, the EMA teacher
+    foreground everywhere); with filters=student the stored label is the prompting network's own."""
+    from semisam.online.unlabeled import decode_store, read_store
+
+    student = planned["student"]
+    trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(
+        recipe=[*SAM_RECIPE, f"online.sam_prompter={prompter}"]))
+    with student.env():
+        trainer.on_train_start()
+        try:
+            assert trainer.ema is not None  # experiment=semisam keeps its mean teacher either way
+            with torch.no_grad():
+                for network, foreground in ((trainer.network, -20.0), (trainer.ema.module, 20.0)):
+                    for layer in network.decoder.seg_layers:
+                        layer.bias.copy_(torch.tensor([-foreground, foreground]))
+            trainer.on_train_epoch_start()
+            stored = torch.cat([decode_store(torch.from_numpy(read_store(trainer.unlabeled_folder, c).astype(np.int64)),
+                                             trainer.no_label).flatten() for c in trainer.unlabeled_cases])
+            out = trainer.train_step(next(trainer.dataloader_train))
+        finally:
+            trainer.on_train_end()
+    assert out["lambda_s"] > 0 and np.isfinite(out["sam"])
+    foreground = int((stored == 1).sum())
+    if prompter == "ema":
+        assert trainer._refresh_stats["accepted"] > 0 and foreground == int((stored != trainer.no_label).sum()) > 0
+    else:
+        assert foreground == 0 and trainer._refresh_stats["foreground_fraction"] == 0
+
+
 def test_sam_term_per_iteration_labels_the_batch_patches(planned):
     """``online.sam_mode=iteration``: SAM labels the very patches of each unlabeled batch, prompted from the EMA
     teacher's prediction of them, in patch geometry; no store is written and nothing is cached."""

@@ -50,6 +50,13 @@ def test_settings_from_the_recipe_and_what_they_switch_on():
     ws = OnlineSettings.from_mapping({"consistency": "weak_strong", "consistency_weight": {"weight": 1},
                                       "weak_teacher": "student"})
     assert ws.enabled and not ws.needs_ema
+    sam = {"sam_weight": {"weight": 1}}
+    assert OnlineSettings.from_mapping(sam).needs_ema  # the EMA teacher prompts SAM by default
+    assert not OnlineSettings.from_mapping({**sam, "sam_prompter": "student"}).needs_ema
+    assert OnlineSettings.from_mapping({**sam, "sam_prompter": "student", "consistency": "mean_teacher",
+                                        "consistency_weight": {"weight": 0.1}}).needs_ema
+    with pytest.raises(SemisamError, match="online.sam_prompter='teacher'; choose ema or student"):
+        OnlineSettings.from_mapping({**sam, "sam_prompter": "teacher"})
     assert OnlineSettings.from_mapping(mt.to_dict()) == mt
     with pytest.raises(SemisamError, match="unknown key 'ramp'"):
         OnlineSettings.from_mapping({"consistency_weight": {"weight": 1, "ramp": 0.1}})
@@ -68,6 +75,7 @@ def test_settings_from_the_recipe_and_what_they_switch_on():
     (["experiment=semisam", "online.sam_mode=iteration", "student.configuration=3d_fullres"],
      "online.sam_mode=iteration labels 2D patches; student.configuration=3d_fullres"),
     (["experiment=semisam", "online.sam_mode=batch"], "online.sam_mode"),
+    (["experiment=semisam", "online.sam_prompter=teacher"], "online.sam_prompter"),
     (["experiment=mean_teacher", "online.feature_perturbation=0.5"], "is a branch of weak_strong consistency"),
 ])
 def test_bad_online_recipes_fail_at_composition(tmp_path, overrides, message):
