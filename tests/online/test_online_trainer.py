@@ -2,6 +2,7 @@
 
 * with λ_c = λ_s = 0 (before a term's start) a step is exactly nnU-Net's supervised step;
 * the SAM term's gradient is non-zero, zero on ignored pixels, and moves the student toward SAM's mask;
+* SAM is prompted by the network online.sam_prompter names, the weak view labelled by online.weak_teacher's;
 * the plain nnU-Net way in: ``nnUNetv2_train … -tr nnUNetTrainerSemiSAM`` with the settings file in the raw
   dataset folder, ``--c`` continuation (EMA teacher, records and store restored), ``nnUNetv2_predict``;
   with every hidden label of the unlabeled cases replaced by bytes no reader accepts (the teacher never reads
@@ -228,6 +229,31 @@ def test_sam_prompter_chooses_whose_predictions_prompt_sam(planned, prompter):
         assert trainer._refresh_stats["accepted"] > 0 and foreground == int((stored != trainer.no_label).sum()) > 0
     else:
         assert foreground == 0 and trainer._refresh_stats["foreground_fraction"] == 0
+
+
+@pytest.mark.parametrize("weak_teacher", ["ema", "student"])
+def test_weak_view_is_labelled_by_online_weak_teacher_beside_a_sam_term(planned, weak_teacher):
+    """weak->strong with a SAM term keeps an EMA copy (it prompts SAM); the weak view is still labelled by
+    online.weak_teacher. The student says background everywhere, the EMA teacher foreground: the consistency
+    loss on the student is ~0 only when the student labels its own weak view."""
+    student = planned["student"]
+    trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=[
+        *SAM_RECIPE, "online.consistency=weak_strong", "online.consistency_weight.weight=1",
+        "online.consistency_weight.ramp_up=0", f"online.weak_teacher={weak_teacher}"]))
+    with student.env():
+        trainer.on_train_start()
+        try:
+            assert trainer.ema is not None
+            with torch.no_grad():
+                for network, foreground in ((trainer.network, -20.0), (trainer.ema.module, 20.0)):
+                    for layer in network.decoder.seg_layers:
+                        layer.bias.copy_(torch.tensor([-foreground, foreground]))
+            trainer.on_train_epoch_start()
+            out = trainer.train_step(next(trainer.dataloader_train))
+        finally:
+            trainer.on_train_end()
+    assert out["lambda_c"] == 1 and out["confident"] == 1
+    assert out["consistency"] < 0.5 if weak_teacher == "student" else out["consistency"] > 5
 
 
 def test_sam_term_per_iteration_labels_the_batch_patches(planned):
