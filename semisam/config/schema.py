@@ -287,12 +287,12 @@ class OnlineConfig:
     # augmented view of the same patch (intensity jitter, blur, noise, CutMix) with CE + Dice
     consistency: str = choice("none", "none", "mean_teacher", "weak_strong")
     consistency_weight: WeightSchedule = field(default_factory=WeightSchedule)
-    # CE + Dice toward SAM's pseudo-labels of the unlabeled cases (prompted from the EMA teacher's predictions,
+    # CE + Dice toward SAM's pseudo-labels of the unlabeled cases (prompted from sam_prompter's predictions,
     # through the recipe's prompts and filters; ignore where the filters reject); 0: off
     sam_weight: WeightSchedule = field(default_factory=WeightSchedule)
     sam_refresh_every: int = bounded(1, 1)  # epochs between refreshes of SAM's pseudo-labels
     # refresh: SAM pseudo-labels every unlabeled case every sam_refresh_every epochs (a store the loader crops);
-    # iteration: SAM labels each unlabeled 2D patch of every iteration, prompted from the EMA teacher's prediction
+    # iteration: SAM labels each unlabeled 2D patch of every iteration, prompted from sam_prompter's prediction
     # of that very patch (the reference code's way; no cache: every patch is new). 2D configurations only
     sam_mode: str = choice("refresh", "refresh", "iteration")
     # weight each SAM pseudo-label pixel in the SAM term's CE + Dice by SAM's confidence there, 2|p - 0.5| of its
