@@ -6,7 +6,8 @@
   (a type without a target), and the store of SAM's pseudo-labels beside them.
 * :mod:`~semisam.online.terms` — the consistency terms (mean teacher, weak→strong), the strong view, the EMA
   teacher.
-* :mod:`~semisam.online.sam_term` — refreshing SAM's pseudo-labels from the EMA teacher's (or the student's) predictions.
+* :mod:`~semisam.online.sam_term` — refreshing SAM's pseudo-labels from the EMA teacher's (or the student's)
+  predictions.
 
 The trainer imports these lazily (nnU-Net's trainer lookup imports the trainer module).
 """

@@ -8,8 +8,8 @@ pseudo-label — ignore where the filters reject, everywhere for a rejected case
 involved: nothing here can read a label of an unlabeled case.
 
 ``online.sam_mode=iteration`` (:func:`sam_on_patches`): SAM labels the augmented 2D patches of the current
-unlabeled batch, prompted from the EMA teacher's (or the student's) prediction of those same patches — the reference method's way,
-paid at every iteration.
+unlabeled batch, prompted from the EMA teacher's (or the student's) prediction of those same patches — the
+reference method's way, paid at every iteration.
 """
 from __future__ import annotations
 

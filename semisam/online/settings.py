@@ -75,7 +75,8 @@ class OnlineSettings:
 
     @property
     def needs_ema(self) -> bool:
-        return self.enabled and (self.consistency == "mean_teacher" or (self.sam_weight.on and self.sam_prompter == "ema")
+        return self.enabled and (self.consistency == "mean_teacher"
+                                 or (self.sam_weight.on and self.sam_prompter == "ema")
                                  or (self.consistency == "weak_strong" and self.weak_teacher == "ema"))
 
     @classmethod
