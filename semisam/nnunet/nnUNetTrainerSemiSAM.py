@@ -434,6 +434,16 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                                  self.configuration_manager, self.dataset_json, self.device,
                                  log=self.print_to_log_file, confidence=self.semisam_online.sam_confidence)
 
+    def _labels_of(self, x: torch.Tensor, who: str) -> torch.Tensor:
+        """Logits (no gradient) of the network that labels unlabeled patches for a term: the EMA teacher
+        (``"ema"``) or the student itself (``"student"``, as it is, without deep supervision's extra outputs)."""
+        from semisam.online.terms import first
+
+        if who == "ema":
+            return self.ema(x)
+        with torch.no_grad():
+            return first(self.network(x)).detach()
+
     def _progress(self, iteration: int = 0) -> float:
         """The fraction of training done at ``iteration`` of the current epoch."""
         return (self.current_epoch + iteration / max(1, self.num_iterations_per_epoch)) / max(1, self.num_epochs)
@@ -541,13 +551,8 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
         if lam_s > 0 and self._sam_labeler is not None:  # SAM on these very patches, prompted by online.sam_prompter
             from semisam.online.sam_term import sam_on_patches
 
-            if o.sam_prompter == "ema":
-                prompter_logits = self.ema(xu)
-            else:
-                with torch.no_grad():
-                    prompter_logits = first(self.network(xu)).detach()
-            codes, sam_stats = sam_on_patches(self._sam_labeler, xu, torch.softmax(prompter_logits.float(), 1),
-                                              o.sam_confidence)
+            prompts_from = torch.softmax(self._labels_of(xu, o.sam_prompter).float(), 1)
+            codes, sam_stats = sam_on_patches(self._sam_labeler, xu, prompts_from, o.sam_confidence)
             stats.update(sam_stats)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
@@ -557,11 +562,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 noise = torch.clamp(torch.randn_like(xu) * o.teacher_noise, -2 * o.teacher_noise, 2 * o.teacher_noise)
                 teacher_logits = self.ema(xu + noise)
             elif lam_c > 0 and o.consistency == "weak_strong":
-                if o.weak_teacher == "ema":
-                    weak_logits = self.ema(xu)
-                else:
-                    with torch.no_grad():
-                        weak_logits = first(self.network(xu)).detach()
+                weak_logits = self._labels_of(xu, o.weak_teacher)
                 ws_target, coverage = confident_targets(weak_logits, o.confidence, self.no_label)
                 stats["confident"] = float(coverage)
                 fp_target = ws_target  # the weak view's geometry, before CutMix

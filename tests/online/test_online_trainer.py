@@ -199,6 +199,15 @@ def test_sam_confidence_rides_in_the_store_and_weights_the_term(planned):
     assert 0 <= float(torch.cat([store_weights(c).flatten() for c in stores[True].values()]).max()) <= 0.25
 
 
+def _student_says_background_ema_foreground(trainer) -> None:
+    """Make the student and its EMA teacher disagree completely, whatever the input: the student's output biases
+    say background everywhere, the EMA teacher's foreground."""
+    with torch.no_grad():
+        for network, foreground in ((trainer.network, -20.0), (trainer.ema.module, 20.0)):
+            for layer in network.decoder.seg_layers:
+                layer.bias.copy_(torch.tensor([-foreground, foreground]))
+
+
 @pytest.mark.parametrize("prompter", ["ema", "student"])
 def test_sam_prompter_chooses_whose_predictions_prompt_sam(planned, prompter):
     """online.sam_prompter: the refresh prompts SAM from the EMA teacher's predictions or from the student's.
@@ -213,10 +222,7 @@ def test_sam_prompter_chooses_whose_predictions_prompt_sam(planned, prompter):
         trainer.on_train_start()
         try:
             assert trainer.ema is not None  # experiment=semisam keeps its mean teacher either way
-            with torch.no_grad():
-                for network, foreground in ((trainer.network, -20.0), (trainer.ema.module, 20.0)):
-                    for layer in network.decoder.seg_layers:
-                        layer.bias.copy_(torch.tensor([-foreground, foreground]))
+            _student_says_background_ema_foreground(trainer)
             trainer.on_train_epoch_start()
             stored = torch.cat([decode_store(torch.from_numpy(read_store(trainer.unlabeled_folder, c).astype(np.int64)),
                                              trainer.no_label).flatten() for c in trainer.unlabeled_cases])
@@ -244,10 +250,7 @@ def test_weak_view_is_labelled_by_online_weak_teacher_beside_a_sam_term(planned,
         trainer.on_train_start()
         try:
             assert trainer.ema is not None
-            with torch.no_grad():
-                for network, foreground in ((trainer.network, -20.0), (trainer.ema.module, 20.0)):
-                    for layer in network.decoder.seg_layers:
-                        layer.bias.copy_(torch.tensor([-foreground, foreground]))
+            _student_says_background_ema_foreground(trainer)
             trainer.on_train_epoch_start()
             out = trainer.train_step(next(trainer.dataloader_train))
         finally:
