@@ -65,7 +65,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                        draws=args.labeled_draws, labeled=args.labeled, ratio=args.ratio, overrides=args.overrides,
                        jobs=args.jobs, threads=args.threads, group=args.group, recipes=args.recipes,
                        versus=args.versus)
-    run_compare(spec, argv=args.argv)
+    run_compare(spec, argv=args.argv, report_only=args.report)
     return 0
 
 
@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run several methods on one dataset over labeled draws and seeds and print one table: test "
                     "Dice (selected round) mean ± sd, the paired difference to supervised-only with a 95 % "
                     "interval, HD95, pseudo-label quality and wall time. Recipe overrides for every method go "
-                    "after `--`. Rerunning the same command resumes; finished runs are never recomputed.")
+                    "after `--`. Runs go pair by pair (every method of a labeled draw and seed, then the next) "
+                    "and the tables are rewritten as each run finishes. Rerunning the same command resumes; "
+                    "finished runs are never recomputed.")
     recipes_arg(c)
     c.add_argument("--dataset", required=True, type=Path,
                    help="a labeled nnU-Net raw dataset with test cases (hidden labels count as labels)")
@@ -157,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--versus", default=None,
                    help="also pair every method with this one (e.g. samdsk), on the same draw and seed")
     c.add_argument("--group", default=None, help="W&B group of the runs (default: compare-<out folder name>)")
+    c.add_argument("--report", action="store_true",
+                   help="start no run: write the tables from the runs of --out that are finished so far (give the "
+                        "comparison's own arguments)")
     c.add_argument("overrides", nargs="*", help="after `--`: recipe overrides for every method, "
                                                 "e.g. -- student.epochs=10 loop.max_rounds=1")
     c.set_defaults(fn=_cmd_compare)

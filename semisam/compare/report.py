@@ -162,9 +162,15 @@ def markdown(result: dict[str, Any]) -> str:
               "Gap closed = (method − supervised) / (full − supervised), of the means. "
               "PL = the last teacher round's pseudo-labels against the hidden labels of the unlabeled cases (analysis "
               "only; accepted cases = its accept rate, and a round that accepted nothing stops the run at the "
-              "previous student).", "",
-              table(result)]
-    failed = [r for r in result["runs"] if r["status"] != "done"]
+              "previous student).", ""]
+    waiting = sum(r["status"] in ("pending", "running") for r in result["runs"])
+    if waiting:
+        done = sum(r["status"] == "done" for r in result["runs"])
+        lines += [f"**Interim: {done} of {len(result['runs'])} runs finished**, {waiting} not yet; the table pairs "
+                  "the finished ones. Rerun the same command to run the rest (finished runs are read, not "
+                  "recomputed).", ""]
+    lines.append(table(result))
+    failed = [r for r in result["runs"] if r["status"] in ("failed", "skipped")]
     if failed:
         lines += ["", "Runs that did not finish:", ""]
         lines += [f"- {r['method']} draw {r['draw']} seed {r['seed']}: {r['status']} — {r.get('error')}" for r in failed]

@@ -13,7 +13,10 @@ Layout of ``--out``::
 
 Every cell is an ordinary run folder, so an interrupted compare resumes: finished runs (``summary.json``
 beside a manifest of the same recipe) are read, never recomputed, and a half-done run continues from its
-last complete step. Methods with rounds reuse the supervised run of their draw and seed as round 0
+last complete step. Runs go pair by pair (every method of one labeled draw and seed before the next draw and
+seed, :func:`run_order`), and the tables are rewritten as each run finishes, so a comparison stopped early
+still leaves complete paired draws and a table of them; ``--report`` writes the tables from the finished runs
+and starts nothing. Methods with rounds reuse the supervised run of their draw and seed as round 0
 (``loop.init_from``), so supervised-only and the loop methods start from one student and their paired
 difference is the rounds' effect alone.
 
@@ -31,7 +34,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from semisam.compare.methods import FULL, SUPERVISED, Method, parse_methods
 from semisam.config import RunConfig, compose, to_dict
@@ -287,14 +290,36 @@ class Progress:
             say(f"[{done}/{self.total}] {event}{eta}")
 
 
-def execute(spec: CompareSpec, cells: list[Cell]) -> None:
-    """Run every unfinished cell, ``spec.jobs`` at a time, each after the run it depends on."""
-    recipes = recipes_dir(spec.recipes)
-    threads = spec.threads or max(1, (os.cpu_count() or 1) // spec.jobs)
+def run_order(spec: CompareSpec, cells: list[Cell]) -> list[Cell]:
+    """The order runs start in: pair by pair — for each labeled draw (in ``--labeled-draws`` order) and seed,
+    supervised-only and then every other method (in ``--methods`` order), ``full`` of a seed after the first
+    draw's block of that seed. A comparison stopped early then holds complete pairs, not every supervised run
+    and half a method. (``plan`` keeps the method-by-method order of the tables.)"""
+    methods = list(dict.fromkeys(c.method.label for c in cells))
+
+    def key(cell: Cell) -> tuple[int, int, int]:
+        seed = spec.seeds.index(cell.seed)
+        if cell.draw is None:  # full
+            return 0, seed, len(methods)
+        return spec.draws.index(cell.draw), seed, methods.index(cell.method.label)
+
+    return sorted(cells, key=key)
+
+
+def mark_finished(cells: list[Cell]) -> None:
+    """Set the status of every cell whose run is already finished (same recipe, summary written) to done."""
     for cell in cells:
         if is_finished(cell):
             cell.status = "done"
-    todo = [c for c in cells if c.status == "pending"]
+
+
+def execute(spec: CompareSpec, cells: list[Cell], on_finish: Callable[[], None] | None = None) -> None:
+    """Run every unfinished cell in :func:`run_order`, ``spec.jobs`` at a time, each after the run it depends
+    on; ``on_finish()`` after each run that finishes or fails (the interim tables)."""
+    recipes = recipes_dir(spec.recipes)
+    threads = spec.threads or max(1, (os.cpu_count() or 1) // spec.jobs)
+    mark_finished(cells)
+    todo = [c for c in run_order(spec, cells) if c.status == "pending"]
     progress = Progress(cells, spec.jobs)
     if not todo:
         say(f"all {len(cells)} runs are finished; reading their results")
@@ -336,6 +361,8 @@ def execute(spec: CompareSpec, cells: list[Cell]) -> None:
                 except Exception as e:  # a failed run is reported, the others go on
                     cell.status, cell.error = "failed", str(e)
                     progress.line(f"FAILED {cell.name}: {e}")
+                if on_finish is not None:
+                    on_finish()
 
 
 def _fmt_s(seconds: float) -> str:
@@ -375,41 +402,60 @@ def collect(cell: Cell) -> dict[str, Any]:
     return row
 
 
-def run_compare(spec: CompareSpec, argv: list[str] | None = None) -> dict[str, Any]:
+def run_compare(spec: CompareSpec, argv: list[str] | None = None, report_only: bool = False) -> dict[str, Any]:
     """The whole comparison: check → plan (every recipe composed) → data → runs → tables.
 
     ``argv`` is the command line after ``semisam`` (``["compare", "--dataset", ...]``), shown in ``compare.md``.
+    The tables are rewritten after every run that finishes (marked interim until the last). With
+    ``report_only`` nothing is run or written but the tables, from the runs of ``spec.out`` already finished.
 
     Returns:
         The content of ``compare.json``.
 
     Raises:
-        SemisamError: bad input, found before anything is written; or runs that failed (after the others
-            finished and the tables were written).
+        SemisamError: bad input, found before anything is written (with ``report_only``: ``--out`` holds no
+            comparison); or runs that failed (after the others finished and the tables were written).
     """
-    from semisam.compare.report import summarize, write_outputs
-
     t0 = time.time()
     check_draws(spec, check_source(spec))
+    if report_only and not (spec.out / SPEC_FILE).is_file():
+        raise SemisamError(f"{spec.out} holds no comparison ({SPEC_FILE} missing); --report reads the runs of a "
+                           "comparison started there before: give its --out, or drop --report to start one")
     check_out_folder(spec)
     cells = plan(spec)
     labels = list(dict.fromkeys(c.method.label for c in cells))
     if spec.versus is not None and spec.versus not in labels:
         raise SemisamError(f"--versus {spec.versus!r} is not one of the compared methods ({', '.join(labels)}); "
                            "name one of them, quoted as in --methods")
+
+    def tables(final: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        from semisam.compare.report import summarize, write_outputs
+
+        rows = [collect(c) for c in cells]
+        result = summarize(rows, [c.method.label for c in cells], versus=spec.versus)
+        result.update(spec={**spec_record(spec), "methods": spec.methods, "seeds": spec.seeds,
+                            "labeled_draws": spec.draws, "jobs": spec.jobs},
+                      command=" ".join(["semisam", *argv]) if argv is not None else None,
+                      elapsed_s=round(time.time() - t0, 1))
+        paths = write_outputs(spec.out, result)
+        if final:
+            print(paths["table"])
+            say(f"wrote {spec.out / 'compare.md'}, {spec.out / 'compare.json'} and {spec.out / 'compare.png'}")
+        return result, rows
+
+    if report_only:
+        mark_finished(cells)
+        result, rows = tables(final=True)
+        left = sum(r["status"] != "done" for r in rows)
+        if left:
+            say(f"{len(rows) - left} of {len(rows)} runs are finished; the table pairs those. Rerun without "
+                "--report to run the other " + (f"{left}" if left > 1 else "one"))
+        return result
     spec.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(spec.out / SPEC_FILE, spec_record(spec))
     prepare_data(spec, cells)
-    execute(spec, cells)
-    rows = [collect(c) for c in cells]
-    result = summarize(rows, [c.method.label for c in cells], versus=spec.versus)
-    result.update(spec={**spec_record(spec), "methods": spec.methods, "seeds": spec.seeds,
-                        "labeled_draws": spec.draws, "jobs": spec.jobs},
-                  command=" ".join(["semisam", *argv]) if argv is not None else None,
-                  elapsed_s=round(time.time() - t0, 1))
-    paths = write_outputs(spec.out, result)
-    print(paths["table"])
-    say(f"wrote {spec.out / 'compare.md'}, {spec.out / 'compare.json'} and {spec.out / 'compare.png'}")
+    execute(spec, cells, on_finish=lambda: tables(final=False))
+    result, rows = tables(final=True)
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         raise SemisamError(f"{len(failed)} run(s) did not finish, e.g. {failed[0]['method']} "

@@ -11,8 +11,8 @@ import pytest
 
 from data_prep.synthetic import make_synthetic
 from semisam.compare.methods import parse_method, parse_methods, slugify
-from semisam.compare.report import summarize, table
-from semisam.compare.runner import CompareSpec, check_out_folder, check_source, plan
+from semisam.compare.report import markdown, summarize, table
+from semisam.compare.runner import CompareSpec, check_out_folder, check_source, plan, run_order
 from semisam.compare.stats import describe, paired_difference, t_interval
 from semisam.config.compose import list_options
 from semisam.utils.errors import SemisamError
@@ -152,6 +152,29 @@ def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
         assert c.cfg.seed == c.seed and c.cfg.logger.group == "compare-out"
         assert c.cfg.teacher.cache_dir == str((tmp_path / "out" / "cache" / "embeddings").resolve())
     assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_runs_start_pair_by_pair_while_the_tables_keep_the_method_order(dataset, tmp_path):
+    s = spec(dataset, tmp_path / "out", methods=["selftrain", "full", "supervised"], draws=[3, 1], seeds=[0, 1])
+    cells = plan(s)
+    order = [(c.method.label, c.draw, c.seed) for c in run_order(s, cells)]
+    assert order == [("supervised", 3, 0), ("selftrain", 3, 0), ("full", None, 0),
+                     ("supervised", 3, 1), ("selftrain", 3, 1), ("full", None, 1),
+                     ("supervised", 1, 0), ("selftrain", 1, 0), ("supervised", 1, 1), ("selftrain", 1, 1)]
+    for i, c in enumerate(run_order(s, cells)):  # every run starts after the run it depends on
+        assert c.depends_on is None or c.depends_on in run_order(s, cells)[:i]
+    assert [c.method.label for c in cells][:4] == ["supervised"] * 4  # plan (the tables) is method by method
+
+
+def test_interim_table_says_how_many_runs_it_pairs():
+    rows = [row("supervised", 0, 0, 0.5), row("samdsk", 0, 0, 0.6), row("supervised", 1, 0, 0.7),
+            row("samdsk", 1, 0, None, status="running"), row("samdsk", 2, 0, None, status="pending"),
+            row("supervised", 2, 0, None, status="failed")]
+    text = markdown(summarize(rows, ["supervised", "samdsk"]))
+    assert "**Interim: 3 of 6 runs finished**, 2 not yet" in text
+    assert "- supervised draw 2 seed 0: failed" in text and "samdsk draw 2 seed 0" not in text  # pending: no error
+    done = markdown(summarize(rows[:2], ["supervised", "samdsk"]))
+    assert "Interim" not in done and "Runs that did not finish" not in done
 
 
 def test_override_that_does_not_compose_names_its_method(dataset, tmp_path):
