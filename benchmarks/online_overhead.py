@@ -1,6 +1,11 @@
 """Time per training iteration of ``nnUNetTrainerSemiSAM`` with online terms against nnU-Net's stock
 ``nnUNetTrainer``, at the same labeled batch size, as ratios from one run.
 
+An online step sees ``--batch-size`` labeled plus (by default) as many unlabeled patches. ``--stock-batch-sizes``
+times the stock trainer at more than one batch size, e.g. ``2 4``: against batch 4 (the same number of patches
+per step) the ratio is the method's own cost (teacher forward, strong view, terms, EMA update) without the
+extra patches. Ratios are always given against each stock row.
+
 A benchmark, not a test (docs/benchmarks.md). One nnU-Net raw dataset (default: the embedded nuclei tiles made
 by ``python -m data_prep nuclei``) is planned once; then each trainer trains ``--epochs`` × ``--iterations`` in
 this process, one after another (never in parallel), from the same initial weights. Timed per trainer:
@@ -67,6 +72,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--stock-batch-sizes", type=int, nargs="+", default=None,
+                    help="batch sizes of the stock trainer's rows (default: --batch-size)")
     ap.add_argument("--methods", nargs="+", default=["mean_teacher", "weak_strong", "semisam"], choices=list(RECIPES))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--init-checkpoint", type=Path, default=None,
@@ -86,15 +93,17 @@ def main() -> None:
         student.plan_and_preprocess(ds_id, verify=False)
     results: dict[str, dict] = {}
     weights = None
-    for name in ["stock", *args.methods]:
+    stock_sizes = args.stock_batch_sizes or [args.batch_size]
+    stocks = {f"stock_b{b}" if len(stock_sizes) > 1 else "stock": b for b in stock_sizes}
+    for name in [*stocks, *args.methods]:
         with student.env(args.work / "results" / name):
             base = student.build_trainer(ds_id, "2d", "all", epochs=args.epochs, iterations_per_epoch=args.iterations,
                                          val_iterations_per_epoch=1, batch_size=args.batch_size, seed=0)
-            if name == "stock":
+            if name in stocks:
                 trainer = nnUNetTrainer(plans={**base.plans_manager.plans, "continue_training": False},
                                         configuration="2d", fold="all", dataset_json=base.dataset_json,
                                         device=student.device)
-                trainer.configuration_manager.configuration["batch_size"] = args.batch_size
+                trainer.configuration_manager.configuration["batch_size"] = stocks[name]
                 trainer.num_epochs, trainer.num_iterations_per_epoch = args.epochs, args.iterations
             else:
                 trainer = base
@@ -113,20 +122,27 @@ def main() -> None:
                 trainer.ema.module.load_state_dict(weights)
             results[name] = time_training(trainer, args.epochs, args.iterations)
             print(name, json.dumps(results[name]), flush=True)
-    stock = results["stock"]
     for name in args.methods:
         r = results[name]
-        r["ratio_steps"] = r["step_s"] / stock["step_s"]
-        r["ratio_with_refresh"] = (r["step_s"] + r["epoch_start_s"]) / (stock["step_s"] + stock["epoch_start_s"])
+        for stock_name in stocks:
+            stock, tag = results[stock_name], "" if stock_name == "stock" else stock_name[len("stock"):]
+            r[f"ratio_steps{tag}"] = r["step_s"] / stock["step_s"]
+            r[f"ratio_with_refresh{tag}"] = (r["step_s"] + r["epoch_start_s"]) / (stock["step_s"] + stock["epoch_start_s"])
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "torch_threads": torch.get_num_threads(),
            "results": results}
     (args.work / "online_overhead.json").write_text(json.dumps(out, indent=2))
-    print("| trainer | s / iteration | ratio (steps) | ratio (steps + refreshes) |")
-    print("| --- | --- | --- | --- |")
-    print(f"| nnUNetTrainer | {stock['s_per_iteration']:.3f} | 1 | 1 |")
+    print("| trainer | s / iteration | " + " | ".join(f"ratio to {s} (steps) | ratio to {s} (steps + refreshes)"
+                                                     for s in stocks) + " |")
+    print("| --- | --- |" + " --- | --- |" * len(stocks))
+    for name in stocks:
+        print(f"| nnUNetTrainer, batch {stocks[name]} | {results[name]['s_per_iteration']:.3f} |"
+              + " | ".join(f" {results[name]['step_s'] / results[s]['step_s']:.2f} | –" for s in stocks) + " |")
     for name in args.methods:
         r = results[name]
-        print(f"| {name} | {r['s_per_iteration']:.3f} | {r['ratio_steps']:.2f} | {r['ratio_with_refresh']:.2f} |")
+        print(f"| {name} | {r['s_per_iteration']:.3f} |" + " | ".join(
+            f" {r['step_s'] / results[s]['step_s']:.2f} | "
+            f"{(r['step_s'] + r['epoch_start_s']) / (results[s]['step_s'] + results[s]['epoch_start_s']):.2f}"
+            for s in stocks) + " |")
 
 
 if __name__ == "__main__":
