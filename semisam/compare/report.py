@@ -167,8 +167,8 @@ def markdown(result: dict[str, Any]) -> str:
     if waiting:
         done = sum(r["status"] == "done" for r in result["runs"])
         lines += [f"**Interim: {done} of {len(result['runs'])} runs finished**, {waiting} not yet; the table pairs "
-                  "the finished ones. Rerun the same command to run the rest (finished runs are read, not "
-                  "recomputed).", ""]
+                  "the finished ones. Rerun the comparison's command (without `--report`) to run the rest; finished "
+                  "runs are read, not recomputed.", ""]
     lines.append(table(result))
     failed = [r for r in result["runs"] if r["status"] in ("failed", "skipped")]
     if failed:
