@@ -305,6 +305,10 @@ class OnlineConfig:
     teacher_noise: float = bounded(0.1, 0.0)  # mean_teacher: std of the noise on the teacher's input
     confidence: float = prob(0.95)  # weak_strong: teacher confidence from which a pixel supervises
     weak_teacher: str = choice("ema", "ema", "student")  # weak_strong: who labels the weak view
+    # weak_strong: true multiplies the term by the fraction of unlabeled pixels that are confident, as FixMatch and
+    # UniMatch average their loss over all unlabeled pixels (few confident pixels: a small term); false: CE + Dice
+    # averaged over the confident pixels alone, whatever their number
+    scale_by_coverage: bool = False
     # weak_strong's strong view (on the patch after nnU-Net's spatial transforms, so geometry stays aligned)
     strong_brightness: float = bounded(0.3, 0.0)  # additive shift, in units of the normalised intensity
     strong_contrast: float = prob(0.3)  # multiplicative factor in [1 - c, 1 + c] around the patch mean

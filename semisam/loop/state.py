@@ -179,6 +179,7 @@ ADDED_KEYS: dict[str, Any] = {
     "online.feature_perturbation": 0.0,
     "online.sam_confidence": False,
     "online.sam_prompter": "ema",
+    "online.scale_by_coverage": False,
     # online training (unlabeled batches inside nnU-Net's trainer): without it, the training is what it was
     **{f"online.{k}": (lambda now: not _online_on(now))
        for k in ("consistency", "sam_refresh_every", "ema_decay", "teacher_noise", "confidence", "weak_teacher",

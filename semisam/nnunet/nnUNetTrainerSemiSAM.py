@@ -524,7 +524,7 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 with self.loss.labeled_samples([str(k) in self.semisam_labeled_cases for k in batch["keys"]]):
                     return super().train_step(batch)
             return super().train_step(batch)
-        from semisam.online.terms import confident_targets, first, mean_teacher_loss
+        from semisam.online.terms import confident_targets, coverage_scaled, first, mean_teacher_loss
         from semisam.online.unlabeled import UnlabeledBatch, decode_store, store_weights
 
         o = self.semisam_online
@@ -578,10 +578,14 @@ class nnUNetTrainerSemiSAM(nnUNetTrainer):
                 l_c = mean_teacher_loss(out_unlabeled, teacher_logits)
             elif ws_target is not None and bool((ws_target != self.no_label).any()):
                 l_c = self.unlabeled_loss(out_unlabeled, ws_target)
+                if o.scale_by_coverage:
+                    l_c = coverage_scaled(l_c, ws_target, self.no_label)
             if fp_target is not None and o.feature_perturbation > 0 and bool((fp_target != self.no_label).any()):
                 from semisam.online.terms import feature_perturbed_logits
 
                 l_fp = self.unlabeled_loss(feature_perturbed_logits(self.network, xu, o.feature_perturbation), fp_target)
+                if o.scale_by_coverage:
+                    l_fp = coverage_scaled(l_fp, fp_target, self.no_label)
                 stats["fp"] = float(l_fp.detach())
                 l_c = 0.5 * (l_c + l_fp)
             total = total + lam_c * l_c

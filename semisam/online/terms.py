@@ -83,6 +83,12 @@ def confident_targets(teacher_logits: torch.Tensor, threshold: float, ignore_lab
     return target, keep.float().mean()
 
 
+def coverage_scaled(loss: torch.Tensor, target: torch.Tensor, ignore_label: int) -> torch.Tensor:
+    """``loss`` (averaged over the pixels of ``target`` that are not ``ignore_label``) times their share of all
+    pixels: the average over every pixel, as FixMatch and UniMatch take it, with the ignored pixels counting 0."""
+    return loss * (target != ignore_label).float().mean()
+
+
 class StrongView:
     """Intensity changes and CutMix on a batch of weak views ``(B, C, *spatial)``, per sample.
 

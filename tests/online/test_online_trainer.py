@@ -150,7 +150,8 @@ def test_feature_perturbation_branch(planned):
 
     student = planned["student"]
     trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=[
-        "experiment=weak_strong", "online.feature_perturbation=0.5", "online.confidence=0.0"]))
+        "experiment=weak_strong", "online.feature_perturbation=0.5", "online.confidence=0.0",
+        "online.scale_by_coverage=true"]))  # every pixel confident: the scaled terms are the plain ones
     with student.env():
         trainer.on_train_start()
         try:

@@ -11,7 +11,7 @@ import torch
 
 from semisam.config import compose
 from semisam.online.settings import OnlineSettings, Ramp
-from semisam.online.terms import EmaTeacher, StrongView, confident_targets, mean_teacher_loss
+from semisam.online.terms import EmaTeacher, StrongView, confident_targets, coverage_scaled, mean_teacher_loss
 from semisam.online.unlabeled import UnlabeledBatch, decode_store, encode_store
 from semisam.utils.errors import SemisamError
 
@@ -185,6 +185,28 @@ def test_confident_targets_ignore_unsure_pixels():
     logits = torch.tensor([[[[4.0, 0.1]], [[0.0, 0.0]]]])  # (B=1, K=2, 1, 2): pixel 0 sure, pixel 1 unsure
     target, kept = confident_targets(logits, 0.9, ignore_label=5)
     assert target.tolist() == [[[[0, 5]]]] and kept.item() == pytest.approx(0.5)
+
+
+def test_coverage_scaling_averages_over_every_pixel_as_fixmatch_does():
+    """online.scale_by_coverage: CE over the confident pixels times their share is CE summed over them and divided
+    by every pixel (FixMatch / UniMatch); with nnU-Net's CE + Dice the whole term shrinks by the same share."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    teacher = torch.randn(2, 3, 8, 8) * 3
+    target, kept = confident_targets(teacher, 0.8, ignore_label=9)
+    assert 0.1 < kept.item() < 0.9  # some pixels confident, not all
+    ce_kept = torch.nn.functional.cross_entropy(logits, target[:, 0], ignore_index=9)
+    per_pixel = torch.nn.functional.cross_entropy(logits, target[:, 0].clamp(max=2), reduction="none")
+    every_pixel = (per_pixel * (target[:, 0] != 9)).sum() / per_pixel.numel()
+    assert coverage_scaled(ce_kept, target, 9).item() == pytest.approx(every_pixel.item(), rel=1e-5)
+    loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=9, dice_class=MemoryEfficientSoftDiceLoss)
+    assert coverage_scaled(loss(logits, target), target, 9).item() == pytest.approx(
+        loss(logits, target).item() * kept.item(), rel=1e-5)
+    assert coverage_scaled(loss(logits, target), torch.full_like(target, 9), 9).item() == 0  # nothing confident
 
 
 def test_ema_teacher_warms_up_then_averages():
