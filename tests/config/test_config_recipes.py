@@ -49,12 +49,23 @@ def test_default_config_composes():
     assert cfg.logger.wandb == "offline"
 
 
+def _written(group: str, option: str) -> dict:
+    """The values a group option's file sets, with those of the options its defaults list builds on (in order,
+    the file's own last, as Hydra merges them)."""
+    values = OmegaConf.to_container(OmegaConf.load(RECIPES / group / f"{option}.yaml"))
+    defaults = values.pop("defaults", [])
+    out: dict = {}
+    for base in defaults if "_self_" in defaults else [*defaults, "_self_"]:
+        out.update(_leaves(values) if base == "_self_" else _written(group, base))
+    return out
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_group_option_composes_and_its_values_land(group: str, option: str):
     extra = REQUIRED.get(f"{group}/{option}", [])
     cfg = compose([f"{group}={option}", *extra])
     composed = _leaves(to_dict(cfg)[group])
-    written = _leaves(OmegaConf.to_container(OmegaConf.load(RECIPES / group / f"{option}.yaml")))
+    written = _written(group, option)
     overridden = {o.split("=")[0].split(".", 1)[1] for o in extra if o.startswith(f"{group}.")}
     for key, value in written.items():
         if key not in overridden:

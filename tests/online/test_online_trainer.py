@@ -240,12 +240,12 @@ def test_sam_prompter_chooses_whose_predictions_prompt_sam(planned, prompter):
 
 @pytest.mark.parametrize("weak_teacher", ["ema", "student"])
 def test_weak_view_is_labelled_by_online_weak_teacher_beside_a_sam_term(planned, weak_teacher):
-    """weak->strong with a SAM term keeps an EMA copy (it prompts SAM); the weak view is still labelled by
-    online.weak_teacher. The student says background everywhere, the EMA teacher foreground: the consistency
-    loss on the student is ~0 only when the student labels its own weak view."""
+    """weak->strong with a SAM term that the EMA teacher prompts keeps an EMA copy; the weak view is still
+    labelled by online.weak_teacher. The student says background everywhere, the EMA teacher foreground: the
+    consistency loss on the student is ~0 only when the student labels its own weak view."""
     student = planned["student"]
     trainer = _trainer(planned, nnUNetTrainerSemiSAM, TrainerOverrides(recipe=[
-        *SAM_RECIPE, "online.consistency=weak_strong", "online.consistency_weight.weight=1",
+        *SAM_RECIPE, "online.sam_prompter=ema", "online.consistency=weak_strong", "online.consistency_weight.weight=1",
         "online.consistency_weight.ramp_up=0", f"online.weak_teacher={weak_teacher}"]))
     with student.env():
         trainer.on_train_start()
@@ -261,8 +261,8 @@ def test_weak_view_is_labelled_by_online_weak_teacher_beside_a_sam_term(planned,
 
 
 def test_sam_term_per_iteration_labels_the_batch_patches(planned):
-    """``online.sam_mode=iteration``: SAM labels the very patches of each unlabeled batch, prompted from the EMA
-    teacher's prediction of them, in patch geometry; no store is written and nothing is cached."""
+    """``online.sam_mode=iteration``: SAM labels the very patches of each unlabeled batch, prompted from
+    online.sam_prompter's prediction of them, in patch geometry; no store is written and nothing is cached."""
     from semisam.online.sam_term import sam_on_patches
     from semisam.online.unlabeled import decode_store, read_store, store_weights
 
