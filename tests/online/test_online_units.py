@@ -90,7 +90,14 @@ def test_the_online_recipes_compose():
         cfg = compose([f"experiment={name}", "dataset.raw_dir=/data"])
         assert cfg.online.consistency == kind and cfg.online.sam_weight.weight == sam
         assert cfg.loop.max_rounds == 0
-    assert compose(["experiment=semisam", "dataset.raw_dir=/data"]).teacher.name == "litemedsam"
+    sam = compose(["experiment=semisam", "dataset.raw_dir=/data"])
+    assert sam.teacher.name == "litemedsam"
+    # the SAM term adopted in docs/benchmarks.md 6h: the corrector's prompts split per instance, its trust rules
+    # with choose fusion, the student's own predictions as prompts
+    corrector = compose(["prompts=corrector", "filters=corrector", "dataset.raw_dir=/data"])
+    assert sam.prompts.split_instances and sam.filters.fusion == "choose" and sam.online.sam_prompter == "student"
+    assert {**vars(corrector.prompts), "split_instances": True} == vars(sam.prompts)
+    assert {**vars(corrector.filters), "fusion": "choose"} == vars(sam.filters)
 
 
 def test_store_encoding_survives_nnunet_padding():
