@@ -122,10 +122,11 @@ def main() -> None:
                 trainer.ema.module.load_state_dict(weights)
             results[name] = time_training(trainer, args.epochs, args.iterations)
             print(name, json.dumps(results[name]), flush=True)
+    tags = {stock_name: stock_name[len("stock"):] for stock_name in stocks}  # "" or "_b<size>"
     for name in args.methods:
         r = results[name]
-        for stock_name in stocks:
-            stock, tag = results[stock_name], "" if stock_name == "stock" else stock_name[len("stock"):]
+        for stock_name, tag in tags.items():
+            stock = results[stock_name]
             r[f"ratio_steps{tag}"] = r["step_s"] / stock["step_s"]
             r[f"ratio_with_refresh{tag}"] = (r["step_s"] + r["epoch_start_s"]) / (stock["step_s"] + stock["epoch_start_s"])
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "torch_threads": torch.get_num_threads(),
@@ -140,9 +141,7 @@ def main() -> None:
     for name in args.methods:
         r = results[name]
         print(f"| {name} | {r['s_per_iteration']:.3f} |" + " | ".join(
-            f" {r['step_s'] / results[s]['step_s']:.2f} | "
-            f"{(r['step_s'] + r['epoch_start_s']) / (results[s]['step_s'] + results[s]['epoch_start_s']):.2f}"
-            for s in stocks) + " |")
+            f" {r[f'ratio_steps{tag}']:.2f} | {r[f'ratio_with_refresh{tag}']:.2f}" for tag in tags.values()) + " |")
 
 
 if __name__ == "__main__":
