@@ -22,6 +22,22 @@ def dice(compare_dir: Path, method: str, draw: int) -> float | None:
     return json.loads(summary.read_text())["selected"]["test"]["dice_mean"] if summary.is_file() else None
 
 
+def fatness(compare_dir: Path, method: str, draw: int) -> float | None:
+    """A run's test foreground over the true test foreground (None when the run is not there)."""
+    from semisam.compare.methods import slugify
+    from semisam.data import RawDataset
+
+    pred_dir = compare_dir / "runs" / slugify(method) / f"draw{draw}_seed0" / "round_00" / "pred_test"
+    if not pred_dir.is_dir():
+        return None
+    data = RawDataset.open(compare_dir / "data" / f"draw_{draw}")
+    predicted = true = 0
+    for case in data.test_cases():
+        predicted += int((data.read_seg(pred_dir / f"{case.case_id}{data.file_ending}")[0] > 0).sum())
+        true += int((data.read_seg(case.label_file)[0] > 0).sum())
+    return predicted / max(true, 1)
+
+
 def draw_row(compare_dir: Path, draw: int) -> dict:
     """The labeled share and the supervised student's test foreground / true foreground of one draw."""
     import numpy as np
@@ -30,12 +46,8 @@ def draw_row(compare_dir: Path, draw: int) -> dict:
 
     data = RawDataset.open(compare_dir / "data" / f"draw_{draw}")
     labeled = [data.read_seg(c.label_file)[0] > 0 for c in data.labeled_cases()]
-    pred_dir = compare_dir / "runs" / "supervised" / f"draw{draw}_seed0" / "round_00" / "pred_test"
-    predicted = true = 0
-    for case in data.test_cases():
-        predicted += int((data.read_seg(pred_dir / f"{case.case_id}{data.file_ending}")[0] > 0).sum())
-        true += int((data.read_seg(case.label_file)[0] > 0).sum())
-    return {"labeled_share": float(np.mean([m.mean() for m in labeled])), "fatness": predicted / max(true, 1)}
+    return {"labeled_share": float(np.mean([m.mean() for m in labeled])),
+            "fatness": fatness(compare_dir, "supervised", draw)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("compare_dirs", type=Path, nargs="+")
     ap.add_argument("--methods", nargs="+", default=["semisam", "weak_strong"])
+    ap.add_argument("--fatness-of", nargs="*", default=[],
+                    help="also print these methods' test foreground / true per draw (e.g. semisam)")
     args = ap.parse_args(argv)
     rows: dict[int, dict] = {}
     for compare_dir in args.compare_dirs:  # a draw in several folders: its first folder with supervised-only
@@ -74,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             rho = stats.spearmanr([rows[d]["labeled_share"] for d in have],
                                   [rows[d][m] - rows[d]["supervised"] for d in have]).statistic
             print(f"Spearman, labeled share vs {m} − supervised: {rho:+.2f} (n = {len(have)})")
+    for m in args.fatness_of:
+        for draw in sorted(rows):
+            ratio = next((f for f in (fatness(c, m, draw) for c in args.compare_dirs) if f is not None), None)
+            if ratio is not None:
+                print(f"{m}, draw {draw}: test foreground / true {ratio:.2f}")
     return 0
 
 
