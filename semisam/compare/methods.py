@@ -33,10 +33,6 @@ BUILTIN: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-#: semisam's online recipes (``experiment=<name>``): one student, no rounds (see :attr:`Method.no_rounds`)
-ONLINE_RECIPES = tuple(f"experiment={name}" for name in ("mean_teacher", "weak_strong", "semisam"))
-
-
 @dataclass(frozen=True)
 class Method:
     """One compared method.
@@ -56,11 +52,11 @@ class Method:
     dataset: str
 
     @property
-    def no_rounds(self) -> bool:
-        """Supervised-style and online methods, with or without their own overrides (``supervised
-        student.epochs=16``): forced to round 0 only, whatever the common overrides say (an online method trains
-        one student with its unlabeled batches; it has no rounds)."""
-        return any(o in ("experiment=supervised", *ONLINE_RECIPES) for o in self.overrides)
+    def supervised(self) -> bool:
+        """Supervised-style methods, with or without their own overrides (``supervised student.epochs=16``):
+        round 0 only, whatever the common overrides say. Online methods are found from their composed recipe
+        (:func:`semisam.compare.runner.trains_online`)."""
+        return "experiment=supervised" in self.overrides
 
 
 def slugify(label: str) -> str:

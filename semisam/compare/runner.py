@@ -25,6 +25,7 @@ Runs are subprocesses (``python -m semisam run``) with their thread counts pinne
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -193,14 +194,25 @@ def plan(spec: CompareSpec) -> list[Cell]:
     return cells
 
 
+@functools.lru_cache(maxsize=None)
+def trains_online(method: Method, root: Path) -> bool:
+    """Whether a method's own recipe (its words alone, before the comparison's common overrides) trains online —
+    semisam's `mean_teacher`, `weak_strong`, `semisam`, or a user's recipe with online terms: one student and no
+    rounds, so a common ``loop.max_rounds=1`` does not apply to it."""
+    try:
+        return compose([*method.overrides, *method.extra], config_dir=root).online.trains
+    except SemisamError:
+        return False  # the run's own composition names the problem, with its method
+
+
 def _make_cell(spec: CompareSpec, root: Path, method: Method, draw: int | None, seed: int, group: str,
                extra: list[str] = ()) -> Cell:  # type: ignore[assignment]
     data = spec.out.resolve() / "data" / ("full" if draw is None else f"draw_{draw}")
     run_dir = spec.out.resolve() / "runs" / method.slug / (f"all_seed{seed}" if draw is None else f"draw{draw}_seed{seed}")
     tags = [method.slug[:60], "full" if draw is None else f"draw{draw}", f"seed{seed}", "compare"]
     overrides = [*method.overrides, *spec.overrides, *method.extra]
-    if method.no_rounds:
-        overrides.append("loop.max_rounds=0")
+    if method.supervised or trains_online(method, root):
+        overrides.append("loop.max_rounds=0")  # round 0 only, whatever the common overrides say
     if not any(o.split("=", 1)[0].lstrip("+~") == "teacher.cache_dir" for o in overrides):
         # one embedding cache for every run (keyed by image content and encoder: sharing is exact)
         overrides.append(f"teacher.cache_dir={spec.out.resolve() / 'cache' / 'embeddings'}")

@@ -321,6 +321,12 @@ class OnlineConfig:
     feature_perturbation: float = prob(0.0)
     unlabeled_batch_size: Optional[int] = bounded(None, 1)  # None: the labeled batch size
 
+    @property
+    def trains(self) -> bool:
+        """Whether the recipe trains online (a consistency kind or a SAM term): such a student is a method of its
+        own, with no pseudo-label rounds."""
+        return self.consistency != "none" or self.sam_weight.weight > 0
+
 
 @dataclass
 class LoggerConfig:

@@ -153,8 +153,7 @@ def _validate_online(cfg: RunConfig) -> None:
     if o.sam_mode == "iteration" and o.sam_weight.weight > 0 and cfg.student.configuration != "2d":
         raise SemisamError(f"online.sam_mode=iteration labels 2D patches; student.configuration="
                            f"{cfg.student.configuration} trains on other patches: use online.sam_mode=refresh")
-    online = o.consistency != "none" or o.sam_weight.weight > 0
-    if online and cfg.loop.max_rounds > 0:
+    if o.trains and cfg.loop.max_rounds > 0:
         raise SemisamError("online training (online.*) and pseudo-label rounds (loop.max_rounds > 0) are separate "
                            "methods; set loop.max_rounds=0 or online=none")
 

@@ -154,6 +154,23 @@ def test_plan_shares_round0_and_composes_every_run(dataset, tmp_path):
     assert not (tmp_path / "out").exists()  # planning writes nothing
 
 
+def test_online_methods_have_no_rounds_whoever_wrote_the_recipe(dataset, tmp_path):
+    """semisam's online recipes and a user's own (found through --recipes) train one student: the common
+    loop.max_rounds=1 does not apply to them (with it, their recipe would not compose), and they share no round 0."""
+    mine = tmp_path / "recipes" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - weak_strong\n  - _self_\n\n"
+                                    "online:\n  confidence: 0.9\n")
+    cells = plan(spec(dataset, tmp_path / "out", methods=["supervised", "mine", "weak_strong", "samdsk"],
+                      seeds=[0], recipes=tmp_path / "recipes"))
+    by = {c.method.label: c for c in cells}
+    for name in ("mine", "weak_strong"):
+        assert by[name].cfg.loop.max_rounds == 0 and by[name].depends_on is None
+        assert by[name].cfg.online.consistency == "weak_strong"
+    assert by["mine"].cfg.online.confidence == 0.9
+    assert by["samdsk"].cfg.loop.max_rounds == 1 and not by["samdsk"].cfg.online.trains
+
+
 def test_runs_start_pair_by_pair_while_the_tables_keep_the_method_order(dataset, tmp_path):
     s = spec(dataset, tmp_path / "out", methods=["selftrain", "full", "supervised"], draws=[3, 1], seeds=[0, 1])
     cells = plan(s)
