@@ -183,6 +183,9 @@ class PromptsConfig:
     min_size: int = bounded(10, 0)  # components smaller than this (pixels) get no prompt
     split_instances: bool = False  # split touching objects (distance-transform watershed)
     split_min_distance: int = bounded(3, 1)
+    # a component the split cuts into more pieces than this stays whole (tissue ribbons, not touching objects;
+    # each piece is a prompt); 0: no limit
+    split_max_pieces: int = bounded(0, 0)
     slice_axis: int = bounded(0, 0, 2)  # 3D: the (Z, Y, X) axis sliced for 2D SAM
     overlap: str = choice("argmax", "argmax")  # multi-class rule: argmax over classes (see semisam.prompts)
     # box_margin (and the perturbation jitter) in image pixels, or in pixels of the teacher's input frame

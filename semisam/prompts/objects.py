@@ -208,6 +208,7 @@ def extract_objects(
     min_size: int = 10,
     split_instances: bool = False,
     split_min_distance: int = 3,
+    split_max_pieces: int = 0,
     overlap: str = "argmax",
 ) -> list[ObjectMask]:
     """Objects of every foreground class in one slice of the student's prediction.
@@ -215,8 +216,9 @@ def extract_objects(
     Per class (1..K-1, after the overlap rule), connected components with 8-connectivity
     (``scipy.ndimage.label``); with ``split_instances`` each component is further split into touching
     instances by :func:`split_touching` (only components of at least ``2 * min_size`` pixels are tried,
-    smaller ones cannot hold two objects of ``min_size``). Objects smaller than ``min_size`` pixels are dropped (after the
-    split). Order: by class, then by component label (raster order of first pixel), then instance.
+    smaller ones cannot hold two objects of ``min_size``); a component the watershed cuts into more than
+    ``split_max_pieces`` pieces stays whole (a ribbon of tissue is not a clump of touching objects, and each piece
+    is a prompt SAM decodes). Objects smaller than ``min_size`` pixels are dropped (after the split). Order: by class, then by component label (raster order of first pixel), then instance.
 
     Args:
         student_probs_slice: ``(K, Y, X)`` probabilities of one slice, background first.
@@ -224,6 +226,7 @@ def extract_objects(
         min_size: minimum object area in pixels.
         split_instances: split merged components by a distance-transform watershed.
         split_min_distance: minimum distance between instance centres, in pixels.
+        split_max_pieces: most instances one component may split into (more: kept whole); 0: no limit.
         overlap: the multi-class overlap rule.
 
     Returns:
@@ -247,6 +250,8 @@ def extract_objects(
                 # split on a crop (1-pixel frame so the distance transform sees the border)
                 crop = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
                 inst_crop = split_touching(comp[crop], split_min_distance)
+                if 0 < split_max_pieces < int(inst_crop.max()):
+                    inst_crop = comp[crop].astype(np.int32)
                 pieces = []
                 for i in range(1, int(inst_crop.max()) + 1):
                     piece = np.zeros_like(comp)

@@ -254,7 +254,7 @@ class PseudoLabeler:
         p, f = self.p, self.f
         objects = extract_objects(probs_s, threshold=p.threshold, min_size=p.min_size,
                                   split_instances=p.split_instances, split_min_distance=p.split_min_distance,
-                                  overlap=p.overlap)
+                                  split_max_pieces=p.split_max_pieces, overlap=p.overlap)
         if p.candidate_threshold > 0:
             objects += extract_candidates(probs_s, low_threshold=p.candidate_threshold, threshold=p.threshold,
                                           min_size=p.min_size, overlap=p.overlap)

@@ -141,6 +141,22 @@ def test_watershed_keeps_elongated_object_and_respects_min_distance():
     assert len(extract_objects(binary_probs(two), split_instances=True, split_min_distance=20)) == 1
 
 
+def test_a_component_cut_into_too_many_pieces_stays_whole():
+    """A chain of ten touching disks (what the watershed makes of a tissue ribbon) is ten instances without a
+    limit, one object when the limit is below ten; a pair of touching disks still splits under the limit."""
+    shape = (30, 110)
+    chain = np.zeros(shape, bool)
+    for i in range(10):
+        chain |= disk(shape, (15, 10 + 9 * i), 5)
+    probs = binary_probs(chain)
+    assert len(extract_objects(probs, split_instances=True)) == 10
+    assert len(extract_objects(probs, split_instances=True, split_max_pieces=10)) == 10
+    whole = extract_objects(probs, split_instances=True, split_max_pieces=8)
+    assert len(whole) == 1 and (whole[0].mask == chain).all()
+    pair = disk((40, 60), (20, 20), 8) | disk((40, 60), (20, 34), 8)
+    assert len(extract_objects(binary_probs(pair), split_instances=True, split_max_pieces=8)) == 2
+
+
 # --- slicing -------------------------------------------------------------------------------------------
 
 
