@@ -327,8 +327,14 @@ class OnlineConfig:
     @property
     def trains(self) -> bool:
         """Whether the recipe trains online (a consistency kind or a SAM term): such a student is a method of its
-        own, with no pseudo-label rounds."""
-        return self.consistency != "none" or self.sam_weight.weight > 0
+        own, with no pseudo-label rounds. The trainer's ``OnlineSettings.enabled`` is this same rule."""
+        return trains_online(self)
+
+
+def trains_online(online: Any) -> bool:
+    """Whether ``online`` (the recipe's :class:`OnlineConfig` or the trainer's settings built from it) trains on
+    unlabeled batches: a consistency kind with a weight, or a SAM term with a weight."""
+    return (online.consistency != "none" and online.consistency_weight.weight > 0) or online.sam_weight.weight > 0
 
 
 @dataclass

@@ -172,5 +172,5 @@ def _validate_gpus(cfg: RunConfig) -> None:
     if have < n:
         raise SemisamError(f"student.num_gpus={n} needs {n} CUDA GPUs, this machine has {have}; "
                            f"lower student.num_gpus to {max(have, 1)}")
-    if cfg.online.consistency != "none" or cfg.online.sam_weight.weight > 0:
+    if cfg.online.trains:
         raise SemisamError("online training (online.*) is not built for nnU-Net's DDP; set student.num_gpus=1")

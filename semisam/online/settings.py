@@ -6,7 +6,7 @@ import math
 from dataclasses import fields
 from typing import Any, Mapping
 
-from semisam.config.schema import OnlineConfig, WeightSchedule, settings_of
+from semisam.config.schema import OnlineConfig, WeightSchedule, settings_of, trains_online
 from semisam.utils.errors import SemisamError
 
 CONSISTENCY_KINDS = ("none", "mean_teacher", "weak_strong")
@@ -70,8 +70,9 @@ class OnlineSettings:
 
     @property
     def enabled(self) -> bool:
-        """Whether training draws unlabeled batches at all (a consistency kind with a weight, or a SAM term)."""
-        return (self.consistency != "none" and self.consistency_weight.on) or self.sam_weight.on
+        """Whether training draws unlabeled batches at all (a consistency kind with a weight, or a SAM term): the
+        recipe's ``online.trains``."""
+        return trains_online(self)
 
     @property
     def needs_ema(self) -> bool:
