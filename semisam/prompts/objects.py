@@ -217,8 +217,9 @@ def extract_objects(
     (``scipy.ndimage.label``); with ``split_instances`` each component is further split into touching
     instances by :func:`split_touching` (only components of at least ``2 * min_size`` pixels are tried,
     smaller ones cannot hold two objects of ``min_size``); a component the watershed cuts into more than
-    ``split_max_pieces`` pieces stays whole (a ribbon of tissue is not a clump of touching objects, and each piece
-    is a prompt SAM decodes). Objects smaller than ``min_size`` pixels are dropped (after the split). Order: by class, then by component label (raster order of first pixel), then instance.
+    ``split_max_pieces`` pieces stays whole (a ribbon of tissue is not a clump of touching objects, and each
+    piece is a prompt SAM decodes). Objects smaller than ``min_size`` pixels are dropped (after the split).
+    Order: by class, then by component label (raster order of first pixel), then instance.
 
     Args:
         student_probs_slice: ``(K, Y, X)`` probabilities of one slice, background first.
