@@ -55,7 +55,7 @@ class Method:
     def supervised(self) -> bool:
         """Supervised-style methods, with or without their own overrides (``supervised student.epochs=16``):
         round 0 only, whatever the common overrides say. Online methods are found from their composed recipe
-        (:func:`semisam.compare.runner.trains_online`)."""
+        (:func:`semisam.compare.runner.method_trains_online`)."""
         return "experiment=supervised" in self.overrides
 
 

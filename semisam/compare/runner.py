@@ -195,7 +195,7 @@ def plan(spec: CompareSpec) -> list[Cell]:
 
 
 @functools.lru_cache(maxsize=None)
-def trains_online(method: Method, root: Path) -> bool:
+def method_trains_online(method: Method, root: Path) -> bool:
     """Whether a method's own recipe (its words alone, before the comparison's common overrides) trains online —
     semisam's `mean_teacher`, `weak_strong`, `semisam`, or a user's recipe with online terms: one student and no
     rounds, so a common ``loop.max_rounds=1`` does not apply to it."""
@@ -211,7 +211,7 @@ def _make_cell(spec: CompareSpec, root: Path, method: Method, draw: int | None, 
     run_dir = spec.out.resolve() / "runs" / method.slug / (f"all_seed{seed}" if draw is None else f"draw{draw}_seed{seed}")
     tags = [method.slug[:60], "full" if draw is None else f"draw{draw}", f"seed{seed}", "compare"]
     overrides = [*method.overrides, *spec.overrides, *method.extra]
-    if method.supervised or trains_online(method, root):
+    if method.supervised or method_trains_online(method, root):
         overrides.append("loop.max_rounds=0")  # round 0 only, whatever the common overrides say
     if not any(o.split("=", 1)[0].lstrip("+~") == "teacher.cache_dir" for o in overrides):
         # one embedding cache for every run (keyed by image content and encoder: sharing is exact)
