@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     labelers = {}
     for limit in args.limits:
         cfg = compose([*args.overrides, f"prompts.split_max_pieces={limit}"])
-        labelers[limit] = build_pseudolabeler(cfg, ignore_label=ds.ignore_label, channel_names=channel_names,
+        labelers[limit] = build_pseudolabeler(cfg, ignore_label=ds.pseudo_ignore_label, channel_names=channel_names,
                                               cache_dir=str(args.cache) if args.cache else None)
     n_classes = max(ds.labels.values()) + 1
     cases = [c for c in ds.test_cases() if (args.pred / f"{c.case_id}{ds.file_ending}").is_file()]

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     ds = RawDataset.open(args.raw_dir)
     fg = {k: v for k, v in ds.labels.items() if v}
-    ignore = ds.ignore_label if ds.ignore_label is not None else max(ds.labels.values()) + 1
+    ignore = ds.pseudo_ignore_label
     probs_dir = train_student(Path(args.raw_dir), work, epochs=args.epochs, iterations=args.iterations,
                               device=args.device, seed=args.seed)
     unl = ds.unlabeled_cases()

@@ -83,7 +83,7 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     ds = RawDataset.open(cfg.dataset.raw_dir)
     cases = split_cases(ds, cfg.dataset.num_val, cfg.seed)
     fg = {k: v for k, v in ds.labels.items() if v}
-    ignore = ds.ignore_label if ds.ignore_label is not None else max(ds.labels.values()) + 1
+    ignore = ds.pseudo_ignore_label
     base = build_pseudolabeler(cfg, ignore_label=ignore, channel_names=ds.dataset_json["channel_names"],
                                cache_dir=cfg.teacher.cache_dir or str(run_dir / "cache" / "embeddings"))
     if base.teacher is None:

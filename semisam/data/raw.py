@@ -155,6 +155,11 @@ class RawDataset:
         return self._ignore
 
     @property
+    def pseudo_ignore_label(self) -> int:
+        """The value pseudo-labels mark untrusted pixels with: the dataset's ignore label, or one past its labels."""
+        return self._ignore if self._ignore is not None else max(self._labels.values()) + 1
+
+    @property
     def file_ending(self) -> str:
         return str(self.dataset_json["file_ending"])
 

@@ -40,9 +40,7 @@ class Experiment:
             say("the dataset has no test cases (imagesTs/labelsTs): rounds are reported without test Dice")
         self.labels = dict(self.dataset.labels)
         self.foreground = {k: v for k, v in self.labels.items() if v != 0}
-        self.ignore_label = self.dataset.ignore_label
-        if self.ignore_label is None:
-            self.ignore_label = max(self.labels.values()) + 1
+        self.ignore_label = self.dataset.pseudo_ignore_label
         self._labeler = None
         self._tracker = None
         self.world = distributed.world()  # under torchrun: rank 0 runs the steps, every rank its teacher share

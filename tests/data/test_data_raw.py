@@ -48,12 +48,22 @@ def test_cases_and_properties(syn2d):
     ds = RawDataset.open(syn2d)
     assert ds.file_ending == ".png" and ds.num_channels == 1
     assert ds.foreground_labels == [1] and ds.ignore_label == 2 and "ignore" not in ds.labels
+    assert ds.pseudo_ignore_label == 2  # the dataset's own ignore label
     labeled, unlabeled = ds.labeled_cases(), ds.unlabeled_cases()
     assert [c.case_id for c in labeled] == list(ds.split.labeled)
     assert all(isinstance(c, UnlabeledCase) for c in unlabeled) and len(unlabeled) == 3
     assert all(c.image_files[0].name == f"{c.case_id}_0000.png" for c in labeled + unlabeled)
     assert ds.hidden_label_file(labeled[0].case_id) is None
     assert ds.hidden_label_file(unlabeled[0].case_id).parent.name == "labelsHidden"
+
+
+def test_pseudo_labels_ignore_one_past_the_labels_without_an_ignore_label(tmp_path, syn2d):
+    root = shutil.copytree(syn2d, tmp_path / "copy")
+    dj = json.loads((root / "dataset.json").read_text())
+    dj["labels"] = {"background": 0, "a": 1, "b": 2}
+    (root / "dataset.json").write_text(json.dumps(dj))
+    ds = RawDataset.open(root)
+    assert ds.ignore_label is None and ds.pseudo_ignore_label == 3
 
 
 def test_without_split_file_labels_decide(tmp_path, syn2d):
