@@ -98,7 +98,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from semisam.compare.probe import run_probe
 
-    run_probe(args.compares, args.rules, args.out, method=args.method, recipes=args.recipes, pattern=args.runs)
+    run_probe(args.compares, args.rules, args.out, method=args.method, recipes=args.recipes, pattern=args.runs,
+              adapt_steps=args.adapt_steps)
     return 0
 
 

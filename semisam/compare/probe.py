@@ -16,6 +16,13 @@ scores the result against the hidden labels:
   cases that the pseudo-label calls background (the student's own share in ``student_missed``);
 - ``sam``: SAM's raw masks (every prompted object, no filter, no fusion).
 
+``--adapt-steps N`` probes a teacher adapted for N steps instead of the run's own (0: the teacher as shipped,
+not adapted): each run's teacher is adapted again from its base weights on the draw's labeled cases, with the
+run's other adaptation settings, and saved under ``<out>/adapted/<setting>/<run>.pt`` (and in the compare
+folder's shared store of adaptations, keyed by fingerprint, when it has one). An out folder holds one
+adaptation: resuming it with another is refused. Comparing adaptation lengths = one out folder per length,
+paired by run.
+
 Hidden labels are read here for scoring only, after each pseudo-label is made; nothing is selected by them
 (the probe prints every rule, and recipes are not changed by it). Per-run results are written as they come
 (``<out>/runs/<setting>/<run>.json``), so a rerun resumes and more rules can be added later.
@@ -65,8 +72,11 @@ def rule_settings(rule: str, raw_dir: str, recipes: Path | None):
     return PromptSettings.of(cfg.prompts), FilterSettings.of(cfg.filters), cfg.teacher.name
 
 
-def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> dict[str, dict]:
-    """Score every rule not in ``done`` on one run's round-0 student; returns rule → metrics."""
+def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict], adapt_steps: int | None = None,
+              adapted: Path | None = None) -> dict[str, dict]:
+    """Score every rule not in ``done`` on one run's round-0 student; returns rule → metrics. With
+    ``adapt_steps``, the teacher is adapted for that many steps (0: not at all) and saved at ``adapted``,
+    instead of the run's own adaptation."""
     import yaml
 
     from semisam.config import from_dict
@@ -80,6 +90,9 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     if not todo:
         return done
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    adapt_file = run_dir / "teacher" / "adapted_r1.pt"
+    if adapt_steps is not None:
+        cfg.teacher.adapt.enabled, cfg.teacher.adapt.steps, adapt_file = adapt_steps > 0, adapt_steps, adapted
     ds = RawDataset.open(cfg.dataset.raw_dir)
     cases = split_cases(ds, cfg.dataset.num_val, cfg.seed)
     fg = {k: v for k, v in ds.labels.items() if v}
@@ -89,7 +102,7 @@ def probe_run(run_dir: Path, rules: dict[str, tuple], done: dict[str, dict]) -> 
     if base.teacher is None:
         raise SemisamError(f"{run_dir} was run without a teacher; probe a run of a SAM method")
     if cfg.teacher.adapt.enabled and cfg.teacher.adapt.steps > 0:
-        base.adapt(ds.image_label_pairs(cases.train), sorted(fg.values()), run_dir / "teacher" / "adapted_r1.pt")
+        base.adapt(ds.image_label_pairs(cases.train), sorted(fg.values()), adapt_file)
     labelers = {name: PseudoLabeler(base.teacher, view=base.view, prompts=p, filters=f,
                                     ignore_label=ignore, seed=cfg.seed) for name, (p, f, _) in todo.items()}
     probs_dir = run_dir / "round_00" / "pred_unlabeled"
@@ -170,12 +183,36 @@ def markdown(setting: str, table: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def adaptation_words(adapt_steps: int | None) -> str:
+    if adapt_steps is None:
+        return "each run's own adapted teacher"
+    return f"the teacher adapted for {adapt_steps} steps" if adapt_steps else "the teacher not adapted"
+
+
+def adaptation_of(out: Path, adapt_steps: int | None) -> dict:
+    """The teacher adaptation ``out`` is probed with, checked against the one it was probed with before."""
+    if adapt_steps is not None and adapt_steps < 0:
+        raise SemisamError(f"--adapt-steps {adapt_steps} is negative; give a number of steps (0: no adaptation)")
+    f = out / "adaptation.json"
+    if f.is_file():
+        before = json.loads(f.read_text()).get("adapt_steps")
+    else:  # a folder probed before adaptation.json was written was probed with the runs' own
+        before = None if (out / "runs").is_dir() else adapt_steps
+    if before != adapt_steps:
+        raise SemisamError(f"{out} was probed with {adaptation_words(before)}, not {adaptation_words(adapt_steps)}; "
+                           f"give another --out for another adaptation")
+    return {"adapt_steps": adapt_steps}
+
+
 def run_probe(compares: list[Path], rules: list[str], out: Path, method: str = "samdsk",
-              recipes: Path | None = None, pattern: str = "draw*_seed*") -> dict[str, Any]:
+              recipes: Path | None = None, pattern: str = "draw*_seed*",
+              adapt_steps: int | None = None) -> dict[str, Any]:
     """Probe every rule on every run of ``method`` in each compare folder; writes ``probe.md`` and
-    ``probe.json`` in ``out`` and returns the tables (setting → rule → summary)."""
+    ``probe.json`` in ``out`` and returns the tables (setting → rule → summary). ``adapt_steps``: see the
+    module's docstring (None: each run's own adapted teacher)."""
     if not rules:
         raise SemisamError("no rule to probe; pass --rules, e.g. --rules samdsk \"samdsk filters.fusion=union\"")
+    adaptation = adaptation_of(out, adapt_steps)
     runs = {c: find_runs(c, method, pattern) for c in compares}  # every folder checked before any work
     import yaml
 
@@ -187,6 +224,7 @@ def run_probe(compares: list[Path], rules: list[str], out: Path, method: str = "
             raise SemisamError(f"rule '{rule}' has no teacher; a probe scores SAM pseudo-label rules")
         settings[rule] = (p, f, teacher)
     out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "adaptation.json", adaptation)
     tables: dict[str, Any] = {}
     n_total = sum(len(v) for v in runs.values())
     k = 0
@@ -201,7 +239,8 @@ def run_probe(compares: list[Path], rules: list[str], out: Path, method: str = "
             missing = [r for r in rules if r not in done]
             if missing:
                 t_run = time.time()
-                done = probe_run(run_dir, settings, done)
+                done = probe_run(run_dir, settings, done, adapt_steps,
+                                 out / "adapted" / setting / f"{run_dir.name}.pt")
                 write_json_atomic(f_json, done)
                 say(f"{setting}/{run_dir.name}: {len(missing)} rule(s) in {time.time() - t_run:.0f} s "
                     f"({k}/{n_total}, {time.time() - t0:.0f} s so far)")
@@ -211,11 +250,11 @@ def run_probe(compares: list[Path], rules: list[str], out: Path, method: str = "
           "Each row: the rule's pseudo-labels on the unlabeled cases of every round-0 student (labeled draws × "
           "seeds), scored against the hidden labels with every pixel counted (ignored pixels and rejected cases "
           "as the student's label). Δ is paired per run, with a Student-t 95 % interval. Nothing here selects "
-          "a rule.", ""]
+          "a rule.", "", f"Teacher: {adaptation_words(adapt_steps)}.", ""]
     md += [markdown(s, t) for s, t in tables.items()]
     with atomic_write_path(out / "probe.md") as tmp:
         tmp.write_text("\n".join(md))
-    write_json_atomic(out / "probe.json", {"method": method, "rules": rules,
+    write_json_atomic(out / "probe.json", {"method": method, "rules": rules, **adaptation,
                                            "compares": [str(c) for c in compares], "tables": tables})
     print("\n".join(md))
     return tables
@@ -232,4 +271,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                                                    "as given to `semisam compare`, quoted, or its folder name")
     p.add_argument("--runs", default="draw*_seed*", help="which of its runs (a name pattern; default all, e.g. "
                                                          "'draw*_seed0' for one seed per labeled draw)")
+    p.add_argument("--adapt-steps", type=int, default=None, metavar="N",
+                   help="probe a teacher adapted for N steps on each draw's labeled cases (0: not adapted) instead "
+                        "of each run's own adaptation; one adaptation per --out folder")
     return p

@@ -65,6 +65,27 @@ def test_probe_scores_rules_against_the_student_and_resumes(compare_dir, tmp_pat
     assert again.returncode == 0 and per_run.stat().st_mtime_ns == stamp  # finished rules are not recomputed
 
 
+def test_probe_adapts_its_own_teacher_and_keeps_one_adaptation_per_folder(compare_dir, tmp_path):
+    import torch
+
+    from semisam.teacher.models import build_teacher_model
+
+    out = tmp_path / "probe"
+    proc = subprocess.run([sys.executable, "-m", "semisam", "probe", str(compare_dir), "--out", str(out), "--rules",
+                           "samdsk", "--adapt-steps", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "probe.json").read_text())["adapt_steps"] == 3
+    assert "adapted for 3 steps" in (out / "probe.md").read_text()
+    # the run was composed with adaptation off: the probe adapted a teacher of its own, under its out folder
+    blob = torch.load(out / "adapted" / "cmp" / "draw0_seed0.pt", map_location="cpu", weights_only=True)
+    base = build_teacher_model("tiny_random", None, device=torch.device("cpu")).mask_decoder.state_dict()
+    assert any(not torch.equal(blob["mask_decoder"][k], v) for k, v in base.items())
+    assert not (compare_dir / "runs" / "samdsk" / "draw0_seed0" / "teacher").exists()  # the run is left as it was
+    again = probe(compare_dir, out, "samdsk")  # the runs' own adaptation into the same folder: refused
+    assert again.returncode == 2 and "was probed with the teacher adapted for 3 steps" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
 def test_probe_finds_a_method_by_its_compare_word_or_its_folder(compare_dir):
     from semisam.compare.probe import find_runs
 
@@ -80,7 +101,8 @@ def test_probe_finds_a_method_by_its_compare_word_or_its_folder(compare_dir):
 def test_probe_bad_input_is_one_line(compare_dir, tmp_path):
     for args, needle in (([str(tmp_path)], "holds no run"),
                          ([str(compare_dir), "--rules", "samdks"], "did you mean 'samdsk'"),
-                         ([str(compare_dir), "--rules", "samdsk teacher=none filters=student"], "has no teacher")):
+                         ([str(compare_dir), "--rules", "samdsk teacher=none filters=student"], "has no teacher"),
+                         ([str(compare_dir), "--rules", "samdsk", "--adapt-steps", "-1"], "is negative")):
         if "--rules" not in args:
             args += ["--rules", "samdsk"]
         proc = subprocess.run([sys.executable, "-m", "semisam", "probe", *args, "--out", str(tmp_path / "o")],
