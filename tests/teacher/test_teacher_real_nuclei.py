@@ -35,19 +35,24 @@ def test_adapted_litemedsam_beats_zero_shot_on_held_out_tiles(nuclei, litemedsam
                             adapt_settings=dict(steps=40, batch_size=4, lr=1e-4))
     test = [(nuclei.read_image(c.image_files)[0], nuclei.read_seg(c.label_file)[0][0]) for c in nuclei.test_cases()]
 
-    def teacher_dice() -> float:
+    def teacher_masks(cases) -> list:
         # prompts from the TRUE test masks: the teacher's quality on its own, independent of any student
-        return pooled_dice([(labeler(img, one_hot(lab, 2)).teacher, lab) for img, lab in test], {"nucleus": 1}, 2)
+        return [labeler(img, one_hot(lab, 2)).teacher for img, lab in cases]
 
-    zero_shot = teacher_dice()
+    def dice(masks) -> float:
+        return pooled_dice([(m, lab) for m, (_, lab) in zip(masks, test)], {"nucleus": 1}, 2)
+
+    zero_shot = dice(teacher_masks(test))
     labeled = [(nuclei.read_image(c.image_files)[0], nuclei.read_seg(c.label_file)[0][0]) for c in nuclei.labeled_cases()]
     stats = labeler.adapt(labeled, [1], tmp_path / "adapted.pt")
-    adapted = teacher_dice()
+    adapted_masks = teacher_masks(test)
+    adapted = dice(adapted_masks)
     assert stats["reused"] is False
     assert adapted >= zero_shot + 0.02, (zero_shot, adapted)
-    # the saved adaptation is found again and gives the same teacher
+    # the saved adaptation is found again and gives the same teacher: the same masks (checked on 3 tiles)
     again = labeler.adapt(labeled, [1], tmp_path / "adapted.pt")
-    assert again["reused"] is True and teacher_dice() == pytest.approx(adapted)
+    assert again["reused"] is True
+    assert all((a == b).all() for a, b in zip(teacher_masks(test[:3]), adapted_masks[:3]))
 
 
 def test_float16_embeddings_decode_within_the_stated_tolerance(nuclei, litemedsam_model):
