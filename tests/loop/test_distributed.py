@@ -128,7 +128,7 @@ def test_pseudo_quality_shares_merge_to_one_process_result(tmp_path):
 
     ds = RawDataset.open(make_synthetic(tmp_path / "Dataset900_Synthetic", n_train=5, n_labeled=1, n_test=0, size=32))
     fg = {k: v for k, v in ds.labels.items() if v}
-    ignore = max(ds.labels.values()) + 1
+    ignore = ds.pseudo_ignore_label
     whole, shares = PseudoQuality(ds, fg, ignore), [PseudoQuality(ds, fg, ignore) for _ in range(2)]
     for i, case in enumerate(ds.unlabeled_cases()):
         hidden = ds.read_seg(ds.hidden_label_file(case.case_id))[0][0]
